@@ -1,0 +1,258 @@
+// CPU implementation of fastxf::attention: the reference algorithm for the
+// CUDA kernels, tiled the same way.
+//
+// Work is split into tiles of kBlockRows query rows of one (batch, kv head).
+// For grouped-query attention the rows of a tile are the (query head of the
+// group, query position) pairs, so every K/V tile is read once for all query
+// heads that share it (as the CUDA decode kernel does). Each tile streams K/V in
+// blocks of kBlockKeys with an online softmax (running max m and sum l per row,
+// the accumulator rescaled by exp(m_old - m_new)), skipping key blocks that no
+// row of the tile can see (causal, sliding window, padding). For short queries
+// over long caches the key range is also split (split-KV): each split produces
+// a partial (acc, m, l) and a merge step combines them exactly.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "attention/attention.h"
+
+namespace fastxf {
+namespace {
+
+constexpr int64_t kBlockRows = 32;
+constexpr int64_t kBlockKeys = 64;
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Number of key splits for one tile. Depends on shapes only (never on values),
+// like the CUDA heuristic, so results are reproducible. Only short query blocks
+// (decode) split: long prefills have enough tiles to keep every thread busy.
+int64_t choose_num_splits(const AttentionProblem& p) {
+  if (p.q_len > 16) return 1;
+  constexpr int64_t kKeysPerSplit = 512;
+  return std::clamp<int64_t>((p.k_len + kKeysPerSplit - 1) / kKeysPerSplit, 1, 16);
+}
+
+// Query rows [row0, row0 + rows) of one (batch, kv head). Row r is query head
+// kv_head * group + r / q_len at query position r % q_len.
+struct Tile {
+  int64_t b, kv_head, row0, rows;
+};
+
+struct Partial {
+  float* acc;  // rows x D, unnormalised
+  float* m;    // running max per row
+  float* l;    // running sum per row
+};
+
+template <typename T>
+class TileWorker {
+ public:
+  explicit TileWorker(const AttentionProblem& p)
+      : p_(p),
+        D_(p.head_dim),
+        group_(p.q_heads / p.kv_heads),
+        q_(kBlockRows * D_),
+        kt_(D_ * kBlockKeys),
+        v_(kBlockKeys * D_),
+        s_(kBlockRows * kBlockKeys),
+        lo_(kBlockRows),
+        hi_(kBlockRows) {}
+
+  // Visible key range [lo, hi) of every row from causal / window alone
+  // (padding is applied per key); returns the union over the tile's rows.
+  std::pair<int64_t, int64_t> row_ranges(const Tile& t) {
+    const int64_t offset = p_.q_offset.defined() ? p_.q_offset.data_ptr<int32_t>()[t.b] : p_.k_len - p_.q_len;
+    int64_t lo_all = p_.k_len, hi_all = 0;
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int64_t pos = offset + (t.row0 + r) % p_.q_len;
+      int64_t lo = 0, hi = p_.k_len;
+      if (p_.causal) hi = std::clamp<int64_t>(pos + 1, 0, p_.k_len);
+      if (p_.window > 0) lo = std::clamp<int64_t>(pos - p_.window + 1, 0, p_.k_len);
+      lo_[r] = lo;
+      hi_[r] = hi;
+      if (lo < hi) {
+        lo_all = std::min(lo_all, lo);
+        hi_all = std::max(hi_all, hi);
+      }
+    }
+    return {lo_all, std::max(lo_all, hi_all)};
+  }
+
+  void load_queries(const Tile& t) {
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int64_t row = t.row0 + r;
+      const int64_t h = t.kv_head * group_ + row / p_.q_len, i = row % p_.q_len;
+      const T* src = p_.q.data_ptr<T>() + t.b * p_.q.stride(0) + h * p_.q.stride(1) + i * p_.q.stride(2);
+      for (int64_t d = 0; d < D_; ++d) q_[r * D_ + d] = static_cast<float>(src[d]) * p_.scale;
+    }
+  }
+
+  // Runs the online softmax of the tile's rows over keys [k_begin, k_end) into
+  // `part` (which the caller initialised to acc = 0, m = -inf, l = 0).
+  void attend(const Tile& t, int64_t k_begin, int64_t k_end, const Partial& part) {
+    const bool* mask = p_.key_mask.defined() ? p_.key_mask.data_ptr<bool>() + t.b * p_.k_len : nullptr;
+    const T* kbase = p_.k.data_ptr<T>() + t.b * p_.k.stride(0) + t.kv_head * p_.k.stride(1);
+    const T* vbase = p_.v.data_ptr<T>() + t.b * p_.v.stride(0) + t.kv_head * p_.v.stride(1);
+    for (int64_t j0 = k_begin; j0 < k_end; j0 += kBlockKeys) {
+      const int64_t nk = std::min(kBlockKeys, k_end - j0);
+      if (mask && std::none_of(mask + j0, mask + j0 + nk, [](bool b) { return b; })) continue;  // padding block
+      // K transposed (D x keys) and V (keys x D) in fp32: the inner loops below
+      // then run over contiguous memory and vectorise.
+      for (int64_t j = 0; j < nk; ++j) {
+        const T* kr = kbase + (j0 + j) * p_.k.stride(2);
+        const T* vr = vbase + (j0 + j) * p_.v.stride(2);
+        for (int64_t d = 0; d < D_; ++d) {
+          kt_[d * kBlockKeys + j] = static_cast<float>(kr[d]);
+          v_[j * D_ + d] = static_cast<float>(vr[d]);
+        }
+      }
+      for (int64_t r = 0; r < t.rows; ++r) {
+        const int64_t lo = std::max(lo_[r], j0), hi = std::min(hi_[r], j0 + nk);
+        if (lo >= hi) continue;  // this row sees nothing in the block
+        float* s = s_.data() + r * kBlockKeys;
+        std::fill(s, s + nk, 0.f);
+        const float* qr = q_.data() + r * D_;
+        for (int64_t d = 0; d < D_; ++d) {
+          const float qd = qr[d];
+          const float* kd = kt_.data() + d * kBlockKeys;
+          for (int64_t j = 0; j < nk; ++j) s[j] += qd * kd[j];
+        }
+        float block_max = kNegInf;
+        for (int64_t j = 0; j < nk; ++j) {
+          const int64_t key = j0 + j;
+          const bool visible = key >= lo && key < hi && (!mask || mask[key]);
+          float x = s[j];
+          if (p_.softcap > 0.f) x = p_.softcap * std::tanh(x / p_.softcap);
+          s[j] = visible ? x : kNegInf;
+          block_max = std::max(block_max, s[j]);
+        }
+        if (block_max == kNegInf) continue;
+        const float m_new = std::max(part.m[r], block_max);
+        const float alpha = std::exp(part.m[r] - m_new);  // 0 when m was -inf
+        float sum = 0.f;
+        for (int64_t j = 0; j < nk; ++j) {
+          s[j] = std::exp(s[j] - m_new);
+          sum += s[j];
+        }
+        part.m[r] = m_new;
+        part.l[r] = part.l[r] * alpha + sum;
+        float* acc = part.acc + r * D_;
+        for (int64_t d = 0; d < D_; ++d) acc[d] *= alpha;
+        for (int64_t j = 0; j < nk; ++j) {
+          const float pj = s[j];
+          if (pj == 0.f) continue;
+          const float* vj = v_.data() + j * D_;
+          for (int64_t d = 0; d < D_; ++d) acc[d] += pj * vj[d];
+        }
+      }
+    }
+  }
+
+  // out = acc / l; rows that saw no key (l == 0) are zeros, never NaN.
+  void store(const Tile& t, const Partial& part) {
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int64_t row = t.row0 + r;
+      const int64_t h = t.kv_head * group_ + row / p_.q_len, i = row % p_.q_len;
+      T* dst = p_.out.data_ptr<T>() + ((t.b * p_.q_len + i) * p_.q_heads + h) * D_;
+      const float inv = part.l[r] > 0.f ? 1.f / part.l[r] : 0.f;
+      for (int64_t d = 0; d < D_; ++d) dst[d] = static_cast<T>(part.acc[r * D_ + d] * inv);
+    }
+  }
+
+ private:
+  const AttentionProblem& p_;
+  const int64_t D_, group_;
+  std::vector<float> q_, kt_, v_, s_;
+  std::vector<int64_t> lo_, hi_;
+};
+
+template <typename T>
+void run_attention_cpu(const AttentionProblem& p) {
+  const int64_t D = p.head_dim;
+  const int64_t rows_per_head = (p.q_heads / p.kv_heads) * p.q_len;
+  const int64_t row_blocks = (rows_per_head + kBlockRows - 1) / kBlockRows;
+  const int64_t num_tiles = p.batch * p.kv_heads * row_blocks;
+  const int64_t splits = choose_num_splits(p);
+  auto tile_at = [&](int64_t idx) {
+    const int64_t rb = idx % row_blocks, bh = idx / row_blocks;
+    const int64_t row0 = rb * kBlockRows;
+    return Tile{bh / p.kv_heads, bh % p.kv_heads, row0, std::min(kBlockRows, rows_per_head - row0)};
+  };
+
+  // Partials for every (tile, split): acc, m, l.
+  const int64_t part_floats = kBlockRows * (D + 2);
+  std::vector<float> partials(static_cast<size_t>(num_tiles * splits * part_floats));
+  auto partial_at = [&](int64_t tile, int64_t split) {
+    float* base = partials.data() + (tile * splits + split) * part_floats;
+    return Partial{base, base + kBlockRows * D, base + kBlockRows * (D + 1)};
+  };
+
+  at::parallel_for(0, num_tiles * splits, 1, [&](int64_t begin, int64_t end) {
+    TileWorker<T> worker(p);
+    for (int64_t idx = begin; idx < end; ++idx) {
+      const int64_t tile_idx = idx / splits, split = idx % splits;
+      const Tile t = tile_at(tile_idx);
+      const Partial part = partial_at(tile_idx, split);
+      std::fill(part.acc, part.acc + kBlockRows * D, 0.f);
+      std::fill(part.m, part.m + kBlockRows, kNegInf);
+      std::fill(part.l, part.l + kBlockRows, 0.f);
+      auto [lo, hi] = worker.row_ranges(t);
+      // Split boundaries on whole key blocks of the visible range.
+      const int64_t first_block = lo / kBlockKeys, blocks = (hi + kBlockKeys - 1) / kBlockKeys - first_block;
+      const int64_t per_split = (blocks + splits - 1) / splits;
+      const int64_t k_begin = std::max(lo, (first_block + split * per_split) * kBlockKeys);
+      const int64_t k_end = std::min(hi, (first_block + (split + 1) * per_split) * kBlockKeys);
+      if (k_begin >= k_end) continue;
+      worker.load_queries(t);
+      worker.attend(t, k_begin, k_end, part);
+    }
+  });
+
+  // Merge the splits: with M = max_s m_s, out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+  at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
+    TileWorker<T> worker(p);
+    std::vector<float> acc(kBlockRows * D), m(kBlockRows), l(kBlockRows);
+    for (int64_t tile_idx = begin; tile_idx < end; ++tile_idx) {
+      const Tile t = tile_at(tile_idx);
+      Partial merged = partial_at(tile_idx, 0);
+      if (splits > 1) {
+        merged = Partial{acc.data(), m.data(), l.data()};
+        for (int64_t r = 0; r < t.rows; ++r) {
+          float mx = kNegInf;
+          for (int64_t s = 0; s < splits; ++s) mx = std::max(mx, partial_at(tile_idx, s).m[r]);
+          l[r] = 0.f;
+          std::fill(acc.begin() + r * D, acc.begin() + (r + 1) * D, 0.f);
+          if (mx == kNegInf) continue;
+          for (int64_t s = 0; s < splits; ++s) {
+            const Partial ps = partial_at(tile_idx, s);
+            if (ps.m[r] == kNegInf) continue;
+            const float w = std::exp(ps.m[r] - mx);
+            l[r] += w * ps.l[r];
+            for (int64_t d = 0; d < D; ++d) acc[r * D + d] += w * ps.acc[r * D + d];
+          }
+        }
+      }
+      worker.store(t, merged);
+    }
+  });
+}
+
+at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                         const std::optional<at::Tensor>& key_padding_mask, const std::optional<at::Tensor>& q_offset,
+                         bool causal, std::optional<double> scale, int64_t window, double softcap) {
+  auto p = make_attention_problem(q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap);
+  if (p.out.numel() == 0) return p.out_view;
+  if (p.k_len == 0) return p.out_view.zero_();
+  FASTXF_DISPATCH_FLOAT(q.scalar_type(), scalar_t, [&] { run_attention_cpu<scalar_t>(p); });
+  return p.out_view;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastxf, CPU, m) { m.impl("attention", &attention_cpu); }
+
+}  // namespace fastxf

@@ -1,0 +1,7 @@
+"""Typed wrappers around torch.ops.fastxf.*: argument checks, fake kernels for
+torch.compile / meta tensors, and autograd formulas."""
+
+from .attention import attention
+from .norm import layer_norm, rms_norm
+
+__all__ = ["attention", "layer_norm", "rms_norm"]

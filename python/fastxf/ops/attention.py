@@ -1,0 +1,65 @@
+"""fastxf.ops.attention (torch.ops.fastxf.attention)."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _extension
+from . import reference
+from ._checks import check_attention_args
+from .norm import _recompute_grads
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = False,
+    scale: float | None = None,
+    key_padding_mask: torch.Tensor | None = None,
+    q_offset: torch.Tensor | None = None,
+    window: int = 0,
+    softcap: float = 0.0,
+) -> torch.Tensor:
+    """Exact attention: q (B, Hq, Sq, D), k / v (B, Hkv, Sk, D) -> (B, Hq, Sq, D).
+
+    `causal` is bottom-right aligned (query i sees keys j <= i + Sk - Sq) unless
+    `q_offset` (int tensor, () or (B,)) gives the key position of query 0.
+    `key_padding_mask` (B, Sk) bool, True = attend. `window` > 0 limits each query
+    at position p to keys j > p - window; `softcap` > 0 applies
+    softcap * tanh(scores / softcap). Rows with no visible key are zeros. The
+    result is a (B, Hq, Sq, D) view of a contiguous (B, Sq, Hq, D) buffer.
+    """
+    check_attention_args(q, k, v, key_padding_mask, q_offset, window, softcap)
+    _extension.require_kernels_for(q.device, "attention")
+    return torch.ops.fastxf.attention(
+        q, k, v, key_padding_mask, q_offset, bool(causal), scale, int(window), float(softcap)
+    )
+
+
+@torch.library.register_fake("fastxf::attention")
+def _attention_fake(q, k, v, key_padding_mask=None, q_offset=None, causal=False, scale=None, window=0, softcap=0.0):
+    check_attention_args(q, k, v, key_padding_mask, q_offset, window, softcap)
+    batch, q_heads, q_len, head_dim = q.shape
+    return q.new_empty((batch, q_len, q_heads, head_dim)).transpose(1, 2)
+
+
+def _attention_setup(ctx, inputs, output):
+    q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap = inputs
+    ctx.options = dict(causal=causal, scale=scale, window=window, softcap=softcap)
+    ctx.save_for_backward(q, k, v, key_padding_mask, q_offset)
+
+
+def _attention_backward(ctx, grad_out):
+    q, k, v, key_padding_mask, q_offset = ctx.saved_tensors
+    gq, gk, gv = _recompute_grads(
+        lambda q, k, v: (reference.attention(q, k, v, key_padding_mask, q_offset, **ctx.options),),
+        [q, k, v],
+        [grad_out],
+        {},
+    )
+    return gq, gk, gv, None, None, None, None, None, None
+
+
+torch.library.register_autograd("fastxf::attention", _attention_backward, setup_context=_attention_setup)
