@@ -1,0 +1,26 @@
+// CUDA entry point of fastxf::attention: validates, then picks the decode
+// (split-KV) or the prefill kernel.
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "attention/attention_cuda.h"
+
+namespace fastxf {
+namespace {
+
+at::Tensor attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const std::optional<at::Tensor>& key_padding_mask, const std::optional<at::Tensor>& q_offset,
+                          bool causal, std::optional<double> scale, int64_t window, double softcap) {
+  const c10::cuda::CUDAGuard guard(q.device());
+  auto p = make_attention_problem(q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap);
+  if (p.out.numel() == 0) return p.out_view;
+  if (p.k_len == 0) return p.out_view.zero_();
+  if (!decode_attention_cuda(p)) prefill_attention_cuda(p);
+  return p.out_view;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastxf, CUDA, m) { m.impl("attention", &attention_cuda); }
+
+}  // namespace fastxf
