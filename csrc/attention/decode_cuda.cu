@@ -76,6 +76,7 @@ namespace {
 struct DeviceInfo {
   int sms = 0;
   int major = 0;
+  int smem_optin = 0;  // max dynamic shared memory per block (bytes)
 };
 
 // Queried once per device: attribute queries are cheap but not free, and the
@@ -89,6 +90,7 @@ DeviceInfo device_info(int device) {
   DeviceInfo info;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
   cache.emplace(device, info);
   return info;
 }
@@ -231,7 +233,9 @@ void run_decode(const AttentionProblem& p, const DeviceInfo& info, int device) {
 
 // Takes: fp16 / bf16, q_len <= 16, head_dim in {32, 64, 80, 96, 128, 256},
 // 16-byte aligned K/V rows (data pointer and batch / head / seq strides), an
-// sm_80+ device, and sizes that fit the kernel's 32-bit counters. Everything
+// sm_80+ device whose per-block shared memory holds the pipeline (A100, H100,
+// H200; not the 99 KB of sm_86 / sm_89 for the larger head dims), and sizes
+// that fit the kernel's 32-bit counters. Everything
 // else returns false and goes to the prefill kernel.
 bool decode_attention_cuda(const AttentionProblem& p) {
   const auto dtype = p.q.scalar_type();
@@ -247,6 +251,11 @@ bool decode_attention_cuda(const AttentionProblem& p) {
   const int device = p.q.get_device();
   const DeviceInfo info = device_info(device);
   if (info.major < 8) return false;  // bf16 / f16 m16n8k16 mma and cp.async need sm_80
+  // Consumer GPUs (sm_86 / sm_89: 99 KB per block) cannot hold the deeper
+  // pipelines; 1 KB of margin for the kernel's static shared memory.
+  bool fits = false;
+  head_dim_switch(p.head_dim, [&](auto dc) { fits = decode::Smem<decltype(dc)::value>::kBytes + 1024 <= info.smem_optin; });
+  if (!fits) return false;
   return dtype_switch(dtype, [&](auto tag) {
     using T = typename decltype(tag)::type;
     return head_dim_switch(p.head_dim, [&](auto dc) { run_decode<T, decltype(dc)::value>(p, info, device); });

@@ -22,6 +22,25 @@ constexpr int kChunkKeys = kWarps * kWarpKeys;  // keys per pipeline stage
 constexpr int kMaxQLen = 16;
 constexpr int kMaxSplits = 128;
 
+// Shared memory plan for head dim D (2-byte elements).
+template <int D>
+struct Smem {
+  static_assert(D % 16 == 0, "head dim must be a multiple of 16 (the k of the Q.K^T mma)");
+  // Row stride in elements: 16 bytes of padding make the fragment loads of 8
+  // rows x 4 consecutive words hit 32 distinct banks.
+  static constexpr int kStride = D + 8;
+  static constexpr int kQBytes = kRowTile * kStride * 2;
+  static constexpr int kStageBytes = 2 * kChunkKeys * kStride * 2;  // K and V
+  // About 110 KB of pipeline per CTA (2 CTAs per SM on an H100 for D <= 128),
+  // at least double buffering, at most 4 stages.
+  static constexpr int kStagesRaw = (110 * 1024) / kStageBytes;
+  static constexpr int kStages = kStagesRaw < 2 ? 2 : (kStagesRaw > 4 ? 4 : kStagesRaw);
+  static constexpr int kPipeBytes = kStages * kStageBytes;
+  // After the pipeline drains its memory holds each warp's fp32 partial output.
+  static constexpr int kSlabBytes = kWarps * kRowTile * D * 4;
+  static constexpr int kBytes = kQBytes + (kPipeBytes > kSlabBytes ? kPipeBytes : kSlabBytes);
+};
+
 struct Params {
   const void* q;            // (B, Hq, Sq, D) view, strides below
   const void* k;            // (B, Hkv, Sk, D) view
