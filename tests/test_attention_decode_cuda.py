@@ -216,3 +216,21 @@ def test_side_stream():
         out2 = out * 1  # same stream: must see the finished result
     torch.cuda.current_stream().wait_stream(side)
     check(q, k, v, out=out2)
+
+
+@pytest.mark.parametrize("splits", [1, 2, 13, 128])
+@pytest.mark.parametrize("k_len", [97, 1025, 4099])
+def test_forced_splits(monkeypatch, splits, k_len):
+    # FASTXF_DECODE_SPLITS overrides the heuristic: one split over a long cache
+    # (direct write), and more splits than 64-key chunks (empty splits that the
+    # merge must ignore), with causal rows, a window and padding together.
+    monkeypatch.setenv("FASTXF_DECODE_SPLITS", str(splits))
+    q, k, v = qkv(4, 16, 4, 4, k_len)
+    mask = torch.ones(4, k_len, dtype=torch.bool, device="cuda")
+    mask[0, : k_len // 2] = False
+    mask[1, k_len // 3 :] = False
+    mask[2, 1::2] = False
+    mask[3] = False
+    out = check(q, k, v, causal=True, key_padding_mask=mask)
+    assert (out[3] == 0).all()
+    check(q, k, v, causal=True, window=70, q_offset=torch.tensor([k_len - 1, 50, 3, k_len // 2], device="cuda"))

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <cstdlib>
 #include <mutex>
 #include <type_traits>
 #include <unordered_map>
@@ -214,6 +215,13 @@ void run_decode(const AttentionProblem& p, const DeviceInfo& info, int device) {
 
   const int64_t base = p.batch * p.kv_heads * prm.row_tiles;
   prm.splits = choose_splits(base, p.k_len, info.sms, cached_occupancy<T, D>(device));
+  // Testing hook: FASTXF_DECODE_SPLITS=N forces N splits (1..kMaxSplits), so
+  // the tests can drive the merge with empty splits and the direct path on
+  // long caches whatever the GPU's SM count.
+  if (const char* env = std::getenv("FASTXF_DECODE_SPLITS")) {
+    const int forced = std::atoi(env);
+    if (forced > 0) prm.splits = std::min(forced, decode::kMaxSplits);
+  }
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
   at::Tensor ws_o, ws_lse;  // kept alive until both launches are enqueued (the allocator is stream-ordered)

@@ -415,7 +415,7 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
 
 template <typename T, int D>
 int split_kernel_occupancy() {
-  constexpr int bytes = Smem<D>::kBytes;
+  constexpr int bytes = Smem<D>::kBytes;  // opt in to > 48 KB on the current device
   C10_CUDA_CHECK(cudaFuncSetAttribute(split_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   int blocks = 0;
   C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, split_kernel<T, D>, kThreads, bytes));
@@ -424,10 +424,11 @@ int split_kernel_occupancy() {
 
 template <typename T, int D>
 void launch_split_kernel(const Params& p, cudaStream_t stream) {
+  // The > 48 KB dynamic shared memory attribute was set by
+  // split_kernel_occupancy, which the host calls (once per device, cached)
+  // before the first launch there: nothing but the launch happens here, so a
+  // decode step captured into a CUDA graph makes no other CUDA API call.
   constexpr int bytes = Smem<D>::kBytes;
-  // Needed on every device the kernel runs on (> 48 KB of dynamic smem); a
-  // host-side attribute, fine during CUDA graph capture.
-  C10_CUDA_CHECK(cudaFuncSetAttribute(split_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   const int64_t grid = static_cast<int64_t>(p.batch) * p.kv_heads * p.splits * p.row_tiles;
   split_kernel<T, D><<<static_cast<unsigned>(grid), kThreads, bytes, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();

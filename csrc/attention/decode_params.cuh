@@ -64,6 +64,8 @@ struct Params {
 };
 
 // Resident CTAs per SM of the split kernel for (T, D) on the current device.
+// Also sets the kernel's dynamic shared memory opt-in there: call it on a
+// device before the first launch_split_kernel on it.
 template <typename T, int D>
 int split_kernel_occupancy();
 
