@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-import fastxf
+import fastxf  # noqa: F401  (loads the extension: registers torch.ops.fastxf.*)
 from benchmarks.common import measure_ceilings, print_table, row, time_ms, write_results
 
 OP = "attention_decode"
@@ -99,7 +99,8 @@ def main():
                 moved = kv_bytes + 2 * q.numel() * q.element_size()
                 shape = f"b{batch} sk{k_len} hq{Q_HEADS} hkv{hkv} sq{q_len} d{D}"
                 impls = {
-                    "fastxf": lambda q, k, v, m, c=causal: fastxf.ops.attention(q, k, v, causal=c),
+                    # the op itself (fastxf.ops.attention adds only Python argument checks)
+                    "fastxf": lambda q, k, v, m, c=causal: torch.ops.fastxf.attention(q, k, v, None, None, c, None, 0, 0.0),
                     **{name: sdpa_fn(b, causal, hkv != Q_HEADS) for name, b in SDPA_BACKENDS.items()},
                     "sdpa_default": sdpa_fn(None, causal, hkv != Q_HEADS),
                     "hf_eager": hf_eager,
