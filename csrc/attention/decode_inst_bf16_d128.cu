@@ -1,0 +1,11 @@
+// One instantiation of the split-KV decode kernel (see decode_kernel.cuh).
+#include "attention/decode_kernel.cuh"
+
+namespace fastxf {
+namespace decode {
+
+template int split_kernel_occupancy<__nv_bfloat16, 128>();
+template void launch_split_kernel<__nv_bfloat16, 128>(const Params&, cudaStream_t);
+
+}  // namespace decode
+}  // namespace fastxf
