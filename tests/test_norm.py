@@ -324,8 +324,12 @@ def test_autograd_matches_reference(op):
 # ----------------------------------------------------------- CUDA only ----
 def _cuda_configs():
     """Hidden sizes at the edges of every launch configuration (see choose_config)."""
-    vec = [8, 64, 256, 264, 512, 520, 1024, 1032, 5000, 32768, 32776, 65536, 65544, 131072]
-    scalar = [33, 65, 129, 4095, 4097, 8193, 16385, 32769, 70001]
+    # 16-byte chunks (hidden % 8 == 0 for 16-bit x, % 4 for fp32): sub-warp, warp,
+    # block per row, the last register-held size (bf16 32768, fp32 16384) and
+    # the two-pass kernel past it.
+    vec = [8, 64, 256, 264, 512, 520, 1024, 1032, 5000, 16384, 16388, 32768, 32776, 65536, 131072]
+    # Scalar (odd sizes): N = 1, 2, 4, 8, 16 chunks per thread, then two-pass.
+    scalar = [1, 33, 65, 129, 4095, 4097, 8193, 16383, 16385, 70001]
     return vec + scalar
 
 
