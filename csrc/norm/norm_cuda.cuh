@@ -49,13 +49,17 @@ struct NormParams {
   bool unit_offset = false;  // scale by (1 + weight)
 };
 
-// Launch configuration chosen on the host (see choose_config in norm_cuda.cu).
+// Launch configuration chosen on the host (see choose_config in norm_cuda_ops.cpp).
 struct LaunchConfig {
   bool vectorized = false;  // VEC = 16 / sizeof(T) rather than 1
   int chunks_per_thread = 0;  // N; 0 selects norm_large_kernel
   int threads_per_row = 0;    // G
   int rows_per_block = 1;
 };
+
+// Launches the kernels for one call; dtype codes: 0 = fp32, 1 = fp16, 2 = bf16.
+// Defined in norm_cuda.cu; callable from plain C++ (no CUDA types in it).
+void launch(const NormParams& p, const LaunchConfig& cfg, int x_dtype, int out_dtype, cudaStream_t stream);
 
 // Launches the kernel family for x dtype T and output dtype O (CUDA types:
 // float, __half, __nv_bfloat16). Defined in norm_kernels.cuh and instantiated
