@@ -115,7 +115,7 @@ void prefill_attention_cuda(const AttentionProblem& p) {
   constexpr double kLog2e = 1.4426950408889634;
   prm.scale_log2 = static_cast<float>(p.scale * kLog2e);
   prm.use_softcap = p.softcap > 0.f;
-  prm.softcap_in = prm.use_softcap ? p.scale / p.softcap : 0.f;
+  prm.softcap_in = prm.use_softcap ? static_cast<float>(2.0 * kLog2e * p.scale / p.softcap) : 0.f;
   prm.softcap_out = prm.use_softcap ? static_cast<float>(p.softcap * kLog2e) : 0.f;
 
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();

@@ -1,8 +1,9 @@
 // FlashAttention-2-style forward kernel for fastxf.attention (prefill path).
 //
-// One CTA = 64 query rows of one (batch, query head); 4 warps, each owning 16
-// rows. K/V tiles of kBlockN keys stream through shared memory with cp.async
-// (two stages: the next tile loads while this one is computed). S = Q K^T and
+// One CTA = kBlockM query rows of one (batch, query head); 4 warps, each owning
+// 16 kMTiles rows (see Traits in prefill_params.cuh). K/V tiles of kBlockN keys
+// stream through shared memory with cp.async (two stages: the next tile loads
+// while this one is computed). S = Q K^T and
 // O += P V run on mma.sync m16n8k16 (fp16 / bf16 in, fp32 accumulate) with
 // operands fetched by ldmatrix (.trans for V). The softmax is online, in
 // registers, in base 2 (scale pre-multiplied by log2 e). Shared memory rows are
@@ -55,16 +56,18 @@ __device__ __forceinline__ void cp_async_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, const void* p) {
+// Addresses are 32-bit shared-window byte addresses (not generic pointers): the
+// unrolled loops then address fragments as register + immediate.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(smem_addr(p)));
+               : "r"(addr));
 }
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3,
-                                                  const void* p) {
+                                                  uint32_t addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(smem_addr(p)));
+               : "r"(addr));
 }
 
 template <typename T>
@@ -74,7 +77,7 @@ template <>
 struct Mma<__half> {
   // c += a * b
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
+    asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -90,7 +93,7 @@ struct Mma<__half> {
 template <>
 struct Mma<__nv_bfloat16> {
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm volatile(
+    asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
         "{%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
@@ -109,6 +112,17 @@ __device__ __forceinline__ float fast_exp2(float x) {
   return y;
 }
 
+__device__ __forceinline__ float fast_rcp(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// tanh(y) given z = 2 y log2(e): 1 - 2 / (2^z + 1). Absolute error ~1e-7 (what
+// matters for a logit softcap), ends exact at +-1 (2^z = inf -> rcp = 0), and far
+// lighter on registers than tanhf.
+__device__ __forceinline__ float tanh_from_exp2(float z) { return 1.f - 2.f * fast_rcp(fast_exp2(z) + 1.f); }
+
 // Element offset of 16-byte chunk `chunk` of row `row` in a [rows][kD] tile.
 // Rows of >= 128 bytes: chunk ^ (row % 8) within each group of 8 chunks, so 8
 // consecutive rows of one logical chunk land in 8 different 16-byte bank
@@ -123,6 +137,30 @@ __device__ __forceinline__ int swz(int row, int chunk) {
     return row * kD + ((chunk ^ ((row >> 1) & 3)) << 3);
   }
 }
+
+// The XOR applied to the chunk index of `row` by swz (depends on row % 8 only).
+template <int kD>
+__device__ __forceinline__ int swz_xor(int row) {
+  return kD / 8 >= 8 ? (row & 7) : ((row >> 1) & 3);
+}
+
+// Per-lane byte offsets for ldmatrix: lane addresses row R + lane_row (R a
+// multiple of 8, added by the caller) at logical chunk 2 kk + b. Since the
+// swizzle only flips the low 3 bits of the chunk index,
+//   swz(lane_row, 2 kk + b) = lane_row kD + 8 (2 ((kk & 3) ^ (x >> 1)) + (b ^ (x & 1))) + 16 (kk & ~3)
+// with x = swz_xor(lane_row): 4 lane-dependent bases plus compile-time constants
+// once the kk loops are unrolled.
+template <int kD>
+struct LaneOffsets {
+  static constexpr int kN = kD / 16 < 4 ? kD / 16 : 4;
+  uint32_t base[kN];
+  __device__ __forceinline__ LaneOffsets(int lane_row, int b) {
+    const int x = swz_xor<kD>(lane_row);
+#pragma unroll
+    for (int c = 0; c < kN; ++c) base[c] = 2u * (lane_row * kD + 8 * (2 * (c ^ (x >> 1)) + (b ^ (x & 1))));
+  }
+  __device__ __forceinline__ uint32_t at(int kk) const { return base[kk & 3] + 32u * (kk & ~3); }
+};
 
 // Issues cp.async for rows [0, kRows) of a tile starting at `src` (row stride
 // `stride`) into `dst`; rows >= rows_valid and columns >= d_load are zero-filled
@@ -190,12 +228,13 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
   int lo = 0, hi = Sk;
   if (p.causal) hi = clamp_pos(pos_last + 1, Sk);
   if (p.window > 0) lo = clamp_pos(pos_first - p.window + 1, Sk);
-  const bool* mask_row = p.mask ? p.mask + static_cast<int64_t>(b) * Sk : nullptr;
-  if (mask_row != nullptr && lo < hi) {
+  const bool has_mask = p.mask != nullptr;
+  auto mask_row = [&] { return p.mask + static_cast<int64_t>(b) * Sk; };  // valid when has_mask
+  if (has_mask && lo < hi) {
     // Narrow to [first valid key, last valid key] of this sequence (left / right padding).
     int first = INT_MAX, last = -1;
     for (int j = lo + tid; j < hi; j += kNT) {
-      if (mask_row[j]) {
+      if (mask_row()[j]) {
         first = min(first, j);
         last = max(last, j);
       }
@@ -219,12 +258,16 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
     hi = min(hi, last + 1);
   }
 
-  T* out_base = reinterpret_cast<T*>(p.out) + static_cast<int64_t>(b) * p.o_sb + static_cast<int64_t>(h) * p.o_sh;
+  // Recomputed where used rather than kept live through the key loop.
+  auto out_row = [&](int r) {
+    return reinterpret_cast<T*>(p.out) + static_cast<int64_t>(blockIdx.z) * p.o_sb +
+           static_cast<int64_t>(blockIdx.y) * p.o_sh + static_cast<int64_t>(m0 + r) * p.o_ss;
+  };
   if (lo >= hi) {
     // No row of this tile sees any key: exact zeros (CTA-uniform exit).
     for (int idx = tid; idx < rows * kChunks; idx += kNT) {
       const int r = idx / kChunks, c = idx % kChunks;
-      if (c * 8 < p.d_out) store_chunk<T>(out_base + (m0 + r) * p.o_ss, c * 8, nullptr, p.d_out, p.out_vec);
+      if (c * 8 < p.d_out) store_chunk<T>(out_row(r), c * 8, nullptr, p.d_out, p.out_vec);
     }
     return;
   }
@@ -248,31 +291,58 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
   if (n_tiles > 1) load_kv(n_begin + 1, 1);
   cp_async_commit();
 
-  // This thread's two rows (g and g + 8 of its warp's 16) and their visible key ranges.
+  // This thread's rows: for each of the warp's kMT m-tiles, rows g and g + 8 of
+  // those 16, with their visible key ranges (index [mt][i]).
+  constexpr int kMT = Tr::kMTiles;
   const int g = lane >> 2, t4 = lane & 3;
-  int row_lo[2], row_hi[2];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    const int64_t pos = off + m0 + warp * 16 + g + 8 * i;
-    row_hi[i] = p.causal ? clamp_pos(pos + 1, Sk) : Sk;
-    row_lo[i] = p.window > 0 ? clamp_pos(pos - p.window + 1, Sk) : 0;
+  const int warp_row0 = warp * 16 * kMT;
+  // Visible range of row (mt, i) = [clamp(lo_base + 16 mt + 8 i), clamp(hi_base + 16 mt + 8 i))
+  // with clamp to [0, Sk]: recomputed in the (rare) masked tiles from two 32-bit
+  // bases to save registers. The bases are pre-clamped to [-64, Sk + 64], which
+  // leaves every clamp() below unchanged since 16 mt + 8 i + 1 < 64.
+  static_assert(16 * kMT + 8 < 64, "base clamping margin");
+  int hi_base, lo_base;
+  {
+    const int64_t pos = off + m0 + warp_row0 + g;
+    auto pre_clamp = [&](int64_t x) { return static_cast<int>(x < -64 ? -64 : (x > Sk + 64 ? Sk + 64 : x)); };
+    hi_base = p.causal ? pre_clamp(pos + 1) : Sk + 64;
+    lo_base = p.window > 0 ? pre_clamp(pos - p.window + 1) : -64;
   }
-  // Tiles entirely inside [tile_lo_ok, tile_hi_ok) need no causal / window / bounds masking
-  // for any (real) row of this CTA.
+  // Key tiles inside [full_lo, full_hi) need no causal / window / bounds masking
+  // for any real row of this CTA.
   const int full_hi = p.causal ? clamp_pos(pos_first + 1, Sk) : Sk;
   const int full_lo = p.window > 0 ? clamp_pos(pos_last - p.window + 1, Sk) : 0;
 
-  float acc_o[kD / 8][4];
+  float acc_o[kMT][kD / 8][4];
 #pragma unroll
-  for (int d = 0; d < kD / 8; ++d) acc_o[d][0] = acc_o[d][1] = acc_o[d][2] = acc_o[d][3] = 0.f;
-  float row_max[2] = {kNegInf, kNegInf}, row_sum[2] = {0.f, 0.f};
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int d = 0; d < kD / 8; ++d) acc_o[mt][d][0] = acc_o[mt][d][1] = acc_o[mt][d][2] = acc_o[mt][d][3] = 0.f;
+  }
+  float row_max[kMT][2], row_sum[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    row_max[mt][0] = row_max[mt][1] = kNegInf;
+    row_sum[mt][0] = row_sum[mt][1] = 0.f;
+  }
   uint32_t q_frag[Tr::kQInRegs ? kD / 16 : 1][4];
 
-  // A-operand fragment of Q for k-step ks (head-dim columns 16ks..16ks+15):
+  // A-operand fragment of Q for m-tile mt, k-step ks (head-dim columns 16ks..16ks+15):
   // lanes 0-15 address rows 0-15 at chunk 2ks, lanes 16-31 the same rows at chunk 2ks+1.
-  auto load_q_frag = [&](int ks, uint32_t(&a)[4]) {
-    const int r = warp * 16 + (lane & 15), c = 2 * ks + (lane >> 4);
-    ldmatrix_x4(a[0], a[1], a[2], a[3], sQ + swz<kD>(r, c));
+  const uint32_t sQ_addr = smem_addr(sQ), sK_addr = smem_addr(sK), sV_addr = smem_addr(sV);
+  // ldmatrix lane offsets (see the fragment notes at the top of the file):
+  // Q (A operand): lanes 0-15 rows 0-15 at chunk 2ks, lanes 16-31 the same rows at chunk 2ks+1.
+  const LaneOffsets<kD> q_off(lane & 15, lane >> 4);
+  // K (B operand, stored [key][d] = B^T row-major, plain ldmatrix), for key pair np and k-step ks:
+  // matrices (keys 0-7, chunk 2ks), (keys 0-7, 2ks+1), (keys 8-15, 2ks), (keys 8-15, 2ks+1).
+  const LaneOffsets<kD> k_off((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
+  // V (B operand, stored [key][d] = B row-major, ldmatrix.trans), for keys 16ks.. and d pair dp:
+  // matrices (keys 0-7, chunk 2dp), (keys 8-15, 2dp), (keys 0-7, 2dp+1), (keys 8-15, 2dp+1).
+  const LaneOffsets<kD> v_off((lane & 7) + (((lane >> 3) & 1) << 3), lane >> 4);
+
+  // A-operand fragment of Q for m-tile mt, k-step ks (head-dim columns 16ks..16ks+15).
+  auto load_q_frag = [&](int mt, int ks, uint32_t(&a)[4]) {
+    ldmatrix_x4(a[0], a[1], a[2], a[3], sQ_addr + 2u * (warp_row0 + mt * 16) * kD + q_off.at(ks));
   };
 
   for (int it = 0; it < n_tiles; ++it) {
@@ -281,10 +351,10 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
 
     bool need_mask = j0 < full_lo || j0 + kBN > full_hi;
     bool skip = false;
-    if (mask_row != nullptr) {
+    if (has_mask) {
       // Doubles as the barrier after the wait: count this tile's valid keys.
       int valid = 0;
-      if (tid < kBN && j0 + tid < Sk) valid = mask_row[j0 + tid] ? 1 : 0;
+      if (tid < kBN && j0 + tid < Sk) valid = mask_row()[j0 + tid] ? 1 : 0;
       const int count = __syncthreads_count(valid);
       skip = count == 0;
       need_mask = need_mask || count < min(kBN, Sk - j0);
@@ -294,49 +364,55 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
     if constexpr (Tr::kQInRegs) {
       if (it == 0) {
 #pragma unroll
-        for (int ks = 0; ks < kD / 16; ++ks) load_q_frag(ks, q_frag[ks]);
+        for (int ks = 0; ks < kD / 16; ++ks) load_q_frag(0, ks, q_frag[ks]);
       }
     }
 
     if (!skip) {
-      const T* sKs = sK + stage * kBN * kD;
-      const T* sVs = sV + stage * kBN * kD;
+      const uint32_t sKs = sK_addr + 2u * stage * kBN * kD;
+      const uint32_t sVs = sV_addr + 2u * stage * kBN * kD;
 
-      // ---- S = Q K^T (16 x kBN per warp) ----
-      float acc_s[kBN / 8][4];
+      // ---- S = Q K^T (16 kMT x kBN per warp); each K fragment feeds kMT m-tiles ----
+      float acc_s[kMT][kBN / 8][4];
 #pragma unroll
-      for (int n = 0; n < kBN / 8; ++n) acc_s[n][0] = acc_s[n][1] = acc_s[n][2] = acc_s[n][3] = 0.f;
-      auto qk_step = [&](const uint32_t(&a)[4], int ks) {
+      for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-        for (int np = 0; np < kBN / 16; ++np) {
-          // K stored [key][d] is B^T row-major: plain ldmatrix. Matrices: (keys 0-7, chunk 2ks),
-          // (keys 0-7, chunk 2ks+1), (keys 8-15, chunk 2ks), (keys 8-15, chunk 2ks+1) of key pair np.
-          const int key = np * 16 + (lane & 7) + ((lane >> 4) << 3);
-          const int c = 2 * ks + ((lane >> 3) & 1);
-          uint32_t b0, b1, b2, b3;
-          ldmatrix_x4(b0, b1, b2, b3, sKs + swz<kD>(key, c));
-          Mma<T>::run(acc_s[2 * np], a, b0, b1);
-          Mma<T>::run(acc_s[2 * np + 1], a, b2, b3);
-        }
-      };
+        for (int n = 0; n < kBN / 8; ++n) acc_s[mt][n][0] = acc_s[mt][n][1] = acc_s[mt][n][2] = acc_s[mt][n][3] = 0.f;
+      }
 #pragma unroll
       for (int ks = 0; ks < kD / 16; ++ks) {
-        if constexpr (Tr::kQInRegs) {
-          qk_step(q_frag[ks], ks);
-        } else {
-          uint32_t a_tmp[4];
-          load_q_frag(ks, a_tmp);
-          qk_step(a_tmp, ks);
+        uint32_t a[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          if constexpr (Tr::kQInRegs) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) a[mt][e] = q_frag[ks][e];
+          } else {
+            load_q_frag(mt, ks, a[mt]);
+          }
+        }
+#pragma unroll
+        for (int np = 0; np < kBN / 16; ++np) {
+          uint32_t b0, b1, b2, b3;
+          ldmatrix_x4(b0, b1, b2, b3, sKs + 2u * np * 16 * kD + k_off.at(ks));
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            Mma<T>::run(acc_s[mt][2 * np], a[mt], b0, b1);
+            Mma<T>::run(acc_s[mt][2 * np + 1], a[mt], b2, b3);
+          }
         }
       }
 
       // ---- scores in base 2, masking ----
 #pragma unroll
-      for (int n = 0; n < kBN / 8; ++n) {
+      for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float x = acc_s[n][e];
-          acc_s[n][e] = p.use_softcap ? p.softcap_out * tanhf(x * p.softcap_in) : x * p.scale_log2;
+        for (int n = 0; n < kBN / 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float x = acc_s[mt][n][e];
+            acc_s[mt][n][e] = p.use_softcap ? p.softcap_out * tanh_from_exp2(x * p.softcap_in) : x * p.scale_log2;
+          }
         }
       }
       if (need_mask) {
@@ -344,65 +420,75 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
         for (int n = 0; n < kBN / 8; ++n) {
           const int key = j0 + n * 8 + 2 * t4;
           bool ok0 = true, ok1 = true;
-          if (mask_row != nullptr) {
-            ok0 = key < Sk && mask_row[key];
-            ok1 = key + 1 < Sk && mask_row[key + 1];
+          if (has_mask) {
+            ok0 = key < Sk && mask_row()[key];
+            ok1 = key + 1 < Sk && mask_row()[key + 1];
           }
 #pragma unroll
-          for (int i = 0; i < 2; ++i) {
-            if (!(ok0 && key >= row_lo[i] && key < row_hi[i])) acc_s[n][2 * i] = kNegInf;
-            if (!(ok1 && key + 1 >= row_lo[i] && key + 1 < row_hi[i])) acc_s[n][2 * i + 1] = kNegInf;
+          for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+              const int row_hi = min(max(hi_base + mt * 16 + 8 * i, 0), Sk);
+              const int row_lo = min(max(lo_base + mt * 16 + 8 * i, 0), Sk);
+              if (!(ok0 && key >= row_lo && key < row_hi)) acc_s[mt][n][2 * i] = kNegInf;
+              if (!(ok1 && key + 1 >= row_lo && key + 1 < row_hi)) acc_s[mt][n][2 * i + 1] = kNegInf;
+            }
           }
         }
       }
 
-      // ---- online softmax (row i of this thread: c[2i], c[2i+1]; the quad shares a row) ----
+      // ---- online softmax (row i of m-tile mt: c[2i], c[2i+1]; the quad shares a row) ----
 #pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        float mx = row_max[i];
+      for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
-        for (int n = 0; n < kBN / 8; ++n) mx = fmaxf(mx, fmaxf(acc_s[n][2 * i], acc_s[n][2 * i + 1]));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        // A row that has seen no visible key keeps max -inf; subtract 0 instead so
-        // exp2(-inf - m) is 0, never NaN.
-        const float m_use = mx == kNegInf ? 0.f : mx;
-        const float alpha = fast_exp2(row_max[i] - m_use);  // 0 while the old max was -inf
-        row_max[i] = mx;
-        float sum = 0.f;
+        for (int i = 0; i < 2; ++i) {
+          float mx = row_max[mt][i];
 #pragma unroll
-        for (int n = 0; n < kBN / 8; ++n) {
-          acc_s[n][2 * i] = fast_exp2(acc_s[n][2 * i] - m_use);
-          acc_s[n][2 * i + 1] = fast_exp2(acc_s[n][2 * i + 1] - m_use);
-          sum += acc_s[n][2 * i] + acc_s[n][2 * i + 1];
-        }
-        row_sum[i] = row_sum[i] * alpha + sum;  // per-thread partial; the quad is summed at the end
+          for (int n = 0; n < kBN / 8; ++n) mx = fmaxf(mx, fmaxf(acc_s[mt][n][2 * i], acc_s[mt][n][2 * i + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          // A row that has seen no visible key keeps max -inf; subtract 0 instead so
+          // exp2(-inf - m) is 0, never NaN.
+          const float m_use = mx == kNegInf ? 0.f : mx;
+          const float alpha = fast_exp2(row_max[mt][i] - m_use);  // 0 while the old max was -inf
+          row_max[mt][i] = mx;
+          float sum = 0.f;
 #pragma unroll
-        for (int d = 0; d < kD / 8; ++d) {
-          acc_o[d][2 * i] *= alpha;
-          acc_o[d][2 * i + 1] *= alpha;
+          for (int n = 0; n < kBN / 8; ++n) {
+            acc_s[mt][n][2 * i] = fast_exp2(acc_s[mt][n][2 * i] - m_use);
+            acc_s[mt][n][2 * i + 1] = fast_exp2(acc_s[mt][n][2 * i + 1] - m_use);
+            sum += acc_s[mt][n][2 * i] + acc_s[mt][n][2 * i + 1];
+          }
+          row_sum[mt][i] = row_sum[mt][i] * alpha + sum;  // per-thread partial; the quad is summed at the end
+#pragma unroll
+          for (int d = 0; d < kD / 8; ++d) {
+            acc_o[mt][d][2 * i] *= alpha;
+            acc_o[mt][d][2 * i + 1] *= alpha;
+          }
         }
       }
 
-      // ---- O += P V ----
+      // ---- O += P V; each V fragment feeds kMT m-tiles ----
 #pragma unroll
       for (int ks = 0; ks < kBN / 16; ++ks) {
         // P as the A operand for keys 16ks..16ks+15: C tiles 2ks (cols 0-7) and 2ks+1 (cols 8-15).
-        uint32_t a[4];
-        a[0] = Mma<T>::pack(acc_s[2 * ks][0], acc_s[2 * ks][1]);
-        a[1] = Mma<T>::pack(acc_s[2 * ks][2], acc_s[2 * ks][3]);
-        a[2] = Mma<T>::pack(acc_s[2 * ks + 1][0], acc_s[2 * ks + 1][1]);
-        a[3] = Mma<T>::pack(acc_s[2 * ks + 1][2], acc_s[2 * ks + 1][3]);
+        uint32_t a[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          a[mt][0] = Mma<T>::pack(acc_s[mt][2 * ks][0], acc_s[mt][2 * ks][1]);
+          a[mt][1] = Mma<T>::pack(acc_s[mt][2 * ks][2], acc_s[mt][2 * ks][3]);
+          a[mt][2] = Mma<T>::pack(acc_s[mt][2 * ks + 1][0], acc_s[mt][2 * ks + 1][1]);
+          a[mt][3] = Mma<T>::pack(acc_s[mt][2 * ks + 1][2], acc_s[mt][2 * ks + 1][3]);
+        }
 #pragma unroll
         for (int dp = 0; dp < kD / 16; ++dp) {
-          // V stored [key][d] is B row-major: ldmatrix.trans. Matrices: (keys 0-7, chunk 2dp),
-          // (keys 8-15, chunk 2dp), (keys 0-7, chunk 2dp+1), (keys 8-15, chunk 2dp+1).
-          const int key = ks * 16 + (lane & 7) + (((lane >> 3) & 1) << 3);
-          const int c = 2 * dp + (lane >> 4);
           uint32_t b0, b1, b2, b3;
-          ldmatrix_x4_trans(b0, b1, b2, b3, sVs + swz<kD>(key, c));
-          Mma<T>::run(acc_o[2 * dp], a, b0, b1);
-          Mma<T>::run(acc_o[2 * dp + 1], a, b2, b3);
+          ldmatrix_x4_trans(b0, b1, b2, b3, sVs + 2u * ks * 16 * kD + v_off.at(dp));
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            Mma<T>::run(acc_o[mt][2 * dp], a[mt], b0, b1);
+            Mma<T>::run(acc_o[mt][2 * dp + 1], a[mt], b2, b3);
+          }
         }
       }
     }
@@ -414,28 +500,27 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
   cp_async_wait<0>();
 
   // ---- epilogue: O / l -> shared memory (Q's tile) -> 16-byte coalesced stores ----
-  float inv[2];
+  __syncthreads();  // all warps are done reading sQ
 #pragma unroll
-  for (int i = 0; i < 2; ++i) {
-    float s = row_sum[i];
-    s += __shfl_xor_sync(0xffffffffu, s, 1);
-    s += __shfl_xor_sync(0xffffffffu, s, 2);
-    inv[i] = s > 0.f ? 1.f / s : 0.f;  // no visible key: zeros
-  }
-  __syncthreads();  // all warps are done reading sQ (kD = 256 reads it in the loop)
-#pragma unroll
-  for (int d = 0; d < kD / 8; ++d) {
+  for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
-      const int r = warp * 16 + g + 8 * i;
-      *reinterpret_cast<uint32_t*>(sQ + swz<kD>(r, d) + 2 * t4) =
-          Mma<T>::pack(acc_o[d][2 * i] * inv[i], acc_o[d][2 * i + 1] * inv[i]);
+      float s = row_sum[mt][i];
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      const float inv = s > 0.f ? 1.f / s : 0.f;  // no visible key: zeros
+      const int r = warp_row0 + mt * 16 + g + 8 * i;
+#pragma unroll
+      for (int d = 0; d < kD / 8; ++d) {
+        *reinterpret_cast<uint32_t*>(sQ + swz<kD>(r, d) + 2 * t4) =
+            Mma<T>::pack(acc_o[mt][d][2 * i] * inv, acc_o[mt][d][2 * i + 1] * inv);
+      }
     }
   }
   __syncthreads();
   for (int idx = tid; idx < rows * kChunks; idx += kNT) {
     const int r = idx / kChunks, c = idx % kChunks;
-    if (c * 8 < p.d_out) store_chunk<T>(out_base + (m0 + r) * p.o_ss, c * 8, sQ + swz<kD>(r, c), p.d_out, p.out_vec);
+    if (c * 8 < p.d_out) store_chunk<T>(out_row(r), c * 8, sQ + swz<kD>(r, c), p.d_out, p.out_vec);
   }
 #endif
 }

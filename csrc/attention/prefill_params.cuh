@@ -33,24 +33,29 @@ struct Params {
   bool causal;
   int64_t window;        // > 0: key j visible from position p iff j > p - window
   float scale_log2;      // scale * log2(e): softmax runs in base 2
-  float softcap_in;      // softcap > 0: logit = softcap_out * tanh(score * softcap_in),
-  float softcap_out;     //   softcap_in = scale / softcap, softcap_out = softcap * log2(e)
+  float softcap_in;      // softcap > 0: logit = softcap_out * tanh(score * scale / softcap), computed
+  float softcap_out;     //   as tanh_from_exp2(score * softcap_in): softcap_in = 2 log2(e) scale / softcap,
+                         //   softcap_out = softcap * log2(e)
   bool use_softcap;
 };
 
-// Tile shapes per head dim. Every CTA has 4 warps; each warp owns 16 query rows
-// for the whole key loop (so a CTA covers 64 rows) and keeps its output
-// accumulator (16 x D fp32) and, up to D = 128, its Q fragments in registers.
-// The key tile shrinks as D grows so the per-thread register footprint
-// (S: kBlockN / 2 floats, O: D / 2 floats, Q: D / 4 words) stays below ~200.
+// Tile shapes per head dim. Every CTA has 4 warps; each warp owns kMTiles
+// m16 row tiles (16 kMTiles query rows) for the whole key loop, so that every
+// K / V fragment read from shared memory feeds kMTiles mma's (shared memory
+// bandwidth, not the tensor cores, limits a warp that owns only 16 rows).
+// The output accumulator (16 kMTiles x D fp32) lives in registers; Q fragments
+// are re-read from shared memory each k-step (kept in registers only when a warp
+// owns a single m-tile and D <= 128). Sizes keep ptxas at <= 255 registers with
+// no spills.
 template <int kD>
 struct Traits {
   static_assert(kD == 32 || kD == 64 || kD == 128 || kD == 256, "instantiated head dims: 32, 64, 128, 256");
   static constexpr int kWarps = 4;
   static constexpr int kThreads = kWarps * 32;
-  static constexpr int kBlockM = kWarps * 16;
-  static constexpr int kBlockN = kD <= 64 ? 128 : (kD <= 128 ? 64 : 32);
-  static constexpr bool kQInRegs = kD <= 128;  // D = 256 re-reads Q fragments from shared memory
+  static constexpr int kMTiles = kD <= 128 ? 2 : 1;
+  static constexpr int kBlockM = kWarps * 16 * kMTiles;
+  static constexpr int kBlockN = kD <= 64 ? 64 : 32;
+  static constexpr bool kQInRegs = kMTiles == 1 && kD <= 128;
   // Q tile + two stages of (K tile, V tile), all [rows][kD] with swizzled 16-byte chunks.
   static constexpr int kSmemElems = kBlockM * kD + 4 * kBlockN * kD;
   static constexpr int kSmemBytes = kSmemElems * 2;
