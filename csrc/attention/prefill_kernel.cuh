@@ -327,8 +327,6 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
   }
   uint32_t q_frag[Tr::kQInRegs ? kD / 16 : 1][4];
 
-  // A-operand fragment of Q for m-tile mt, k-step ks (head-dim columns 16ks..16ks+15):
-  // lanes 0-15 address rows 0-15 at chunk 2ks, lanes 16-31 the same rows at chunk 2ks+1.
   const uint32_t sQ_addr = smem_addr(sQ), sK_addr = smem_addr(sK), sV_addr = smem_addr(sV);
   // ldmatrix lane offsets (see the fragment notes at the top of the file):
   // Q (A operand): lanes 0-15 rows 0-15 at chunk 2ks, lanes 16-31 the same rows at chunk 2ks+1.
