@@ -528,10 +528,10 @@ void run_prefill(const Params& p, int batch, int q_heads, cudaStream_t stream) {
   using Tr = Traits<kD>;
   constexpr int smem = Tr::kSmemBytes;
   auto kernel = prefill_kernel<T, kD>;
-  if (smem > 48 * 1024) {
-    // Per device and cheap; not a stream operation, so it is fine during graph capture.
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-  }
+  // Always opt in: at exactly 48 KiB of dynamic shared memory (D = 64) the small
+  // static array would push the block past the default 48 KiB limit. Per device
+  // and cheap; not a stream operation, so it is fine during graph capture.
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   const dim3 grid((p.q_len + Tr::kBlockM - 1) / Tr::kBlockM, q_heads, batch);
   kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
