@@ -1,10 +1,129 @@
-// Placeholder until the FlashAttention-2-style prefill kernel lands.
+// Host side of the CUDA prefill path: checks what the kernel needs, fills
+// prefill::Params and dispatches on (dtype, head dim) to the instantiations in
+// prefill_<dtype>_hdim<D>.cu.
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <climits>
+#include <cmath>
+
 #include "attention/attention_cuda.h"
+#include "attention/prefill_params.cuh"
+
+// Head dims with a kernel instantiation; others run on the next larger one with
+// the extra columns zero-filled inside the kernel (q.k and P.V are unchanged by
+// zero columns; only d_out columns are written).
+#define FASTXF_PREFILL_HEADDIM_SWITCH(HEAD_DIM, CONST_NAME, ...) \
+  [&] {                                                          \
+    if ((HEAD_DIM) <= 32) {                                      \
+      constexpr int CONST_NAME = 32;                             \
+      return __VA_ARGS__();                                      \
+    } else if ((HEAD_DIM) <= 64) {                               \
+      constexpr int CONST_NAME = 64;                             \
+      return __VA_ARGS__();                                      \
+    } else if ((HEAD_DIM) <= 128) {                              \
+      constexpr int CONST_NAME = 128;                            \
+      return __VA_ARGS__();                                      \
+    } else {                                                     \
+      constexpr int CONST_NAME = 256;                            \
+      return __VA_ARGS__();                                      \
+    }                                                            \
+  }()
+
+#define FASTXF_PREFILL_DTYPE_SWITCH(DTYPE, TYPE_NAME, ...)                                  \
+  [&] {                                                                                     \
+    if ((DTYPE) == at::kHalf) {                                                             \
+      using TYPE_NAME = __half;                                                             \
+      return __VA_ARGS__();                                                                 \
+    } else {                                                                                \
+      using TYPE_NAME = __nv_bfloat16;                                                      \
+      return __VA_ARGS__();                                                                 \
+    }                                                                                       \
+  }()
 
 namespace fastxf {
+namespace {
+
+// The kernel moves rows in 16-byte chunks: it needs 16-byte aligned base
+// pointers and strides that are multiples of 8 elements (strides of size-1 dims
+// never matter).
+bool chunk_aligned(const at::Tensor& t) {
+  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 != 0) return false;
+  for (int d = 0; d < 3; ++d) {
+    if (t.size(d) > 1 && t.stride(d) % 8 != 0) return false;
+  }
+  return true;
+}
+
+// Rare layouts the kernel cannot read in place: a head dim that is not a
+// multiple of 8 (zero-padded to one; the zero columns change neither q.k nor
+// the first head_dim columns of P.V) or misaligned views (copied).
+at::Tensor kernel_readable(const at::Tensor& t, int64_t d_load) {
+  if (t.size(3) != d_load) {
+    auto padded = at::zeros({t.size(0), t.size(1), t.size(2), d_load}, t.options());
+    padded.narrow(3, 0, t.size(3)).copy_(t);
+    return padded;
+  }
+  if (!chunk_aligned(t)) return at::empty(t.sizes(), t.options()).copy_(t);
+  return t;
+}
+
+}  // namespace
 
 void prefill_attention_cuda(const AttentionProblem& p) {
-  TORCH_CHECK(false, "fastxf.attention: the CUDA prefill kernel is not implemented yet");
+  const char* op = "fastxf.attention";
+  const auto dtype = p.q.scalar_type();
+  TORCH_CHECK(dtype == at::kHalf || dtype == at::kBFloat16, op,
+              ": CUDA kernels take float16/bfloat16; got ", dtype == at::kFloat ? "float32" : c10::toString(dtype));
+  TORCH_CHECK(p.head_dim <= 256, op, ": the CUDA kernels support head_dim up to 256, got head_dim=", p.head_dim);
+  TORCH_CHECK(p.q_len <= INT_MAX - 1024 && p.k_len <= INT_MAX - 1024, op,
+              ": q_len and k_len must be below 2^31 - 1024 on CUDA, got q_len=", p.q_len, ", k_len=", p.k_len);
+  TORCH_CHECK(p.batch <= 65535 && p.q_heads <= 65535, op,
+              ": the CUDA prefill kernel supports batch and q_heads up to 65535, got batch=", p.batch,
+              ", q_heads=", p.q_heads);
+  int device = p.q.get_device(), major = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  TORCH_CHECK(major >= 8, op, ": the CUDA prefill kernel needs compute capability 8.0 or newer (Ampere, Hopper), got ",
+              major, ".x");
+
+  const int64_t d_load = (p.head_dim + 7) / 8 * 8;
+  const at::Tensor q = kernel_readable(p.q, d_load);
+  const at::Tensor k = kernel_readable(p.k, d_load);
+  const at::Tensor v = kernel_readable(p.v, d_load);
+
+  prefill::Params prm{};
+  prm.q = q.data_ptr();
+  prm.k = k.data_ptr();
+  prm.v = v.data_ptr();
+  prm.out = p.out.data_ptr();
+  prm.mask = p.key_mask.defined() ? p.key_mask.data_ptr<bool>() : nullptr;
+  prm.q_offset = p.q_offset.defined() ? p.q_offset.data_ptr<int32_t>() : nullptr;
+  prm.q_sb = q.stride(0), prm.q_sh = q.stride(1), prm.q_ss = q.stride(2);
+  prm.k_sb = k.stride(0), prm.k_sh = k.stride(1), prm.k_ss = k.stride(2);
+  prm.v_sb = v.stride(0), prm.v_sh = v.stride(1), prm.v_ss = v.stride(2);
+  prm.o_sb = p.out.stride(0), prm.o_ss = p.out.stride(1), prm.o_sh = p.out.stride(2);
+  prm.q_len = static_cast<int>(p.q_len);
+  prm.k_len = static_cast<int>(p.k_len);
+  prm.group = static_cast<int>(p.q_heads / p.kv_heads);
+  prm.d_load = static_cast<int>(d_load);
+  prm.d_out = static_cast<int>(p.head_dim);
+  prm.out_vec = p.head_dim % 8 == 0 && reinterpret_cast<uintptr_t>(p.out.data_ptr()) % 16 == 0;
+  prm.causal = p.causal;
+  prm.window = p.window;
+  constexpr double kLog2e = 1.4426950408889634;
+  prm.scale_log2 = static_cast<float>(p.scale * kLog2e);
+  prm.use_softcap = p.softcap > 0.f;
+  prm.softcap_in = prm.use_softcap ? static_cast<float>(2.0 * kLog2e * p.scale / p.softcap) : 0.f;
+  prm.softcap_out = prm.use_softcap ? static_cast<float>(p.softcap * kLog2e) : 0.f;
+
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  FASTXF_PREFILL_DTYPE_SWITCH(dtype, T, [&] {
+    FASTXF_PREFILL_HEADDIM_SWITCH(d_load, kD, [&] {
+      prefill::run_prefill<T, kD>(prm, static_cast<int>(p.batch), static_cast<int>(p.q_heads), stream);
+    });
+  });
 }
 
 }  // namespace fastxf

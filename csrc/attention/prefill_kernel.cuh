@@ -1,0 +1,541 @@
+// FlashAttention-2-style forward kernel for fastxf.attention (prefill path).
+//
+// One CTA = kBlockM query rows of one (batch, query head); 4 warps, each owning
+// 16 kMTiles rows (see Traits in prefill_params.cuh). K/V tiles of kBlockN keys
+// stream through shared memory with cp.async (two stages: the next tile loads
+// while this one is computed). S = Q K^T and
+// O += P V run on mma.sync m16n8k16 (fp16 / bf16 in, fp32 accumulate) with
+// operands fetched by ldmatrix (.trans for V). The softmax is online, in
+// registers, in base 2 (scale pre-multiplied by log2 e). Shared memory rows are
+// stored as 16-byte chunks XOR-swizzled by the row so that the 8 row addresses
+// of every ldmatrix phase hit 8 different bank groups.
+//
+// Masking: the CTA first narrows the key range [lo, hi) from causal / sliding
+// window / the first and last valid key of the padding mask, and only visits
+// key tiles overlapping it. Element-wise masking runs only on tiles that need
+// it: tiles crossing the causal diagonal or the window edge, the tile holding
+// key k_len - 1, and tiles with masked keys inside (counted per tile with one
+// __syncthreads_count; tiles with no valid key are skipped).
+//
+// Fragment layouts used below (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4):
+//   A (16x16, row): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
+//   B (16x8, col):  b0 = (k = 2t..2t+1, n = g), b1 = (k = 2t+8.., n = g)
+//   C (16x8):       c0, c1 = (g, 2t..2t+1), c2, c3 = (g+8, 2t..2t+1)
+//   ldmatrix.x4: lanes 8i..8i+7 give the 8 row addresses of matrix i; register i
+//   receives matrix i, lane holding (row g, cols 2t..2t+1) (.trans: of the transpose).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <c10/cuda/CUDAException.h>
+
+#include <climits>
+#include <cstdint>
+
+#include "attention/prefill_params.cuh"
+
+namespace fastxf {
+namespace prefill {
+
+// ------------------------------------------------------------ primitives ----
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16-byte global -> shared copy; src_bytes = 0 zero-fills the destination
+// without reading global memory.
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// Addresses are 32-bit shared-window byte addresses (not generic pointers): the
+// unrolled loops then address fragments as register + immediate.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3,
+                                                  uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
+               : "r"(addr));
+}
+
+template <typename T>
+struct Mma;
+
+template <>
+struct Mma<__half> {
+  // c += a * b
+  static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  // Two floats -> one register holding (lo, hi) halves.
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __half2 h = __floats2half2_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+
+template <>
+struct Mma<__nv_bfloat16> {
+  static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
+    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    return *reinterpret_cast<uint32_t*>(&h);
+  }
+};
+
+// 2^x; ex2.approx(-inf) = +0, which the masked scores rely on.
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ float fast_rcp(float x) {
+  float y;
+  asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// tanh(y) given z = 2 y log2(e): 1 - 2 / (2^z + 1). Absolute error ~1e-7 (what
+// matters for a logit softcap), ends exact at +-1 (2^z = inf -> rcp = 0), and far
+// lighter on registers than tanhf.
+__device__ __forceinline__ float tanh_from_exp2(float z) { return 1.f - 2.f * fast_rcp(fast_exp2(z) + 1.f); }
+
+// Element offset of 16-byte chunk `chunk` of row `row` in a [rows][kD] tile.
+// Rows of >= 128 bytes: chunk ^ (row % 8) within each group of 8 chunks, so 8
+// consecutive rows of one logical chunk land in 8 different 16-byte bank
+// groups. 64-byte rows (kD = 32, two rows per 128 bytes): chunk ^ ((row / 2) % 4).
+template <int kD>
+__device__ __forceinline__ int swz(int row, int chunk) {
+  constexpr int kChunks = kD / 8;
+  if constexpr (kChunks >= 8) {
+    return row * kD + ((chunk ^ (row & 7)) << 3);
+  } else {
+    static_assert(kChunks == 4, "kD = 32 is the only head dim below 64");
+    return row * kD + ((chunk ^ ((row >> 1) & 3)) << 3);
+  }
+}
+
+// The XOR applied to the chunk index of `row` by swz (depends on row % 8 only).
+template <int kD>
+__device__ __forceinline__ int swz_xor(int row) {
+  return kD / 8 >= 8 ? (row & 7) : ((row >> 1) & 3);
+}
+
+// Per-lane byte offsets for ldmatrix: lane addresses row R + lane_row (R a
+// multiple of 8, added by the caller) at logical chunk 2 kk + b. Since the
+// swizzle only flips the low 3 bits of the chunk index,
+//   swz(lane_row, 2 kk + b) = lane_row kD + 8 (2 ((kk & 3) ^ (x >> 1)) + (b ^ (x & 1))) + 16 (kk & ~3)
+// with x = swz_xor(lane_row): 4 lane-dependent bases plus compile-time constants
+// once the kk loops are unrolled.
+template <int kD>
+struct LaneOffsets {
+  static constexpr int kN = kD / 16 < 4 ? kD / 16 : 4;
+  uint32_t base[kN];
+  __device__ __forceinline__ LaneOffsets(int lane_row, int b) {
+    const int x = swz_xor<kD>(lane_row);
+#pragma unroll
+    for (int c = 0; c < kN; ++c) base[c] = 2u * (lane_row * kD + 8 * (2 * (c ^ (x >> 1)) + (b ^ (x & 1))));
+  }
+  __device__ __forceinline__ uint32_t at(int kk) const { return base[kk & 3] + 32u * (kk & ~3); }
+};
+
+// Issues cp.async for rows [0, kRows) of a tile starting at `src` (row stride
+// `stride`) into `dst`; rows >= rows_valid and columns >= d_load are zero-filled
+// (so keys past k_len contribute exactly 0 to P V and never NaN). `fallback` is
+// a valid global address used for the zero-filled chunks.
+template <typename T, int kD, int kRows, int kThreads>
+__device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t stride, int rows_valid, int d_load,
+                                          const T* fallback, int tid) {
+  constexpr int kChunks = kD / 8;
+  constexpr int kTotal = kRows * kChunks;
+  static_assert(kTotal % kThreads == 0, "tile chunks must divide evenly among the threads");
+#pragma unroll
+  for (int i = 0; i < kTotal / kThreads; ++i) {
+    const int idx = tid + i * kThreads;
+    const int r = idx / kChunks, c = idx % kChunks;
+    const bool ok = r < rows_valid && c * 8 < d_load;
+    const T* s = ok ? src + r * stride + c * 8 : fallback;
+    cp_async_16(dst + swz<kD>(r, c), s, ok ? 16 : 0);
+  }
+}
+
+__device__ __forceinline__ int clamp_pos(int64_t x, int hi) {
+  return static_cast<int>(x < 0 ? 0 : (x > hi ? hi : x));
+}
+
+// Writes one 16-byte chunk (8 elements from shared memory, or zeros when src is
+// nullptr) to out columns [c8, c8 + 8) clipped to d_out.
+template <typename T>
+__device__ __forceinline__ void store_chunk(T* dst_row, int c8, const T* src, int d_out, bool vec) {
+  if (vec && c8 + 8 <= d_out) {
+    uint4 v = src ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
+    *reinterpret_cast<uint4*>(dst_row + c8) = v;
+  } else {
+    for (int e = 0; e < 8 && c8 + e < d_out; ++e) dst_row[c8 + e] = src ? src[e] : T(0.f);
+  }
+}
+
+// ---------------------------------------------------------------- kernel ----
+
+template <typename T, int kD>
+__global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using Tr = Traits<kD>;
+  constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kNT = Tr::kThreads, kChunks = kD / 8;
+  const float kNegInf = __int_as_float(0xff800000);  // -inf
+  static_assert(kBN <= kNT, "one thread per key counts the valid keys of a tile");
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sK = sQ + kBM * kD;     // two stages of kBN x kD
+  T* sV = sK + 2 * kBN * kD;  // two stages of kBN x kD
+  __shared__ int s_red[2][Tr::kWarps];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  // Heaviest (last, for causal) query tiles first: they start while the grid fills.
+  const int m_block = gridDim.x - 1 - blockIdx.x;
+  const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
+  const int m0 = m_block * kBM;
+  const int rows = min(kBM, p.q_len - m0);
+  const int Sk = p.k_len;
+  const int64_t off = p.q_offset ? static_cast<int64_t>(p.q_offset[b]) : static_cast<int64_t>(Sk) - p.q_len;
+
+  // Key range [lo, hi) any row of this CTA can see.
+  const int64_t pos_first = off + m0, pos_last = off + m0 + rows - 1;
+  int lo = 0, hi = Sk;
+  if (p.causal) hi = clamp_pos(pos_last + 1, Sk);
+  if (p.window > 0) lo = clamp_pos(pos_first - p.window + 1, Sk);
+  const bool has_mask = p.mask != nullptr;
+  auto mask_row = [&] { return p.mask + static_cast<int64_t>(b) * Sk; };  // valid when has_mask
+  if (has_mask && lo < hi) {
+    // Narrow to [first valid key, last valid key] of this sequence (left / right padding).
+    int first = INT_MAX, last = -1;
+    for (int j = lo + tid; j < hi; j += kNT) {
+      if (mask_row()[j]) {
+        first = min(first, j);
+        last = max(last, j);
+      }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      first = min(first, __shfl_xor_sync(0xffffffffu, first, o));
+      last = max(last, __shfl_xor_sync(0xffffffffu, last, o));
+    }
+    if (lane == 0) {
+      s_red[0][warp] = first;
+      s_red[1][warp] = last;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int w = 0; w < Tr::kWarps; ++w) {
+      first = min(first, s_red[0][w]);
+      last = max(last, s_red[1][w]);
+    }
+    lo = max(lo, first);
+    hi = min(hi, last + 1);
+  }
+
+  // Recomputed where used rather than kept live through the key loop.
+  auto out_row = [&](int r) {
+    return reinterpret_cast<T*>(p.out) + static_cast<int64_t>(blockIdx.z) * p.o_sb +
+           static_cast<int64_t>(blockIdx.y) * p.o_sh + static_cast<int64_t>(m0 + r) * p.o_ss;
+  };
+  if (lo >= hi) {
+    // No row of this tile sees any key: exact zeros (CTA-uniform exit).
+    for (int idx = tid; idx < rows * kChunks; idx += kNT) {
+      const int r = idx / kChunks, c = idx % kChunks;
+      if (c * 8 < p.d_out) store_chunk<T>(out_row(r), c * 8, nullptr, p.d_out, p.out_vec);
+    }
+    return;
+  }
+
+  const T* q_head = reinterpret_cast<const T*>(p.q) + static_cast<int64_t>(b) * p.q_sb + static_cast<int64_t>(h) * p.q_sh;
+  const T* k_head = reinterpret_cast<const T*>(p.k) + static_cast<int64_t>(b) * p.k_sb + static_cast<int64_t>(hk) * p.k_sh;
+  const T* v_head = reinterpret_cast<const T*>(p.v) + static_cast<int64_t>(b) * p.v_sb + static_cast<int64_t>(hk) * p.v_sh;
+
+  const int n_begin = lo / kBN, n_end = (hi + kBN - 1) / kBN, n_tiles = n_end - n_begin;
+  auto load_kv = [&](int n_block, int stage) {
+    const int j0 = n_block * kBN;
+    const int valid = min(kBN, Sk - j0);
+    load_tile<T, kD, kBN, kNT>(sK + stage * kBN * kD, k_head + j0 * p.k_ss, p.k_ss, valid, p.d_load, k_head, tid);
+    load_tile<T, kD, kBN, kNT>(sV + stage * kBN * kD, v_head + j0 * p.v_ss, p.v_ss, valid, p.d_load, v_head, tid);
+  };
+
+  // Prologue: group 0 = Q + first K/V tile, group 1 = second K/V tile (maybe empty).
+  load_tile<T, kD, kBM, kNT>(sQ, q_head + m0 * p.q_ss, p.q_ss, rows, p.d_load, q_head, tid);
+  load_kv(n_begin, 0);
+  cp_async_commit();
+  if (n_tiles > 1) load_kv(n_begin + 1, 1);
+  cp_async_commit();
+
+  // This thread's rows: for each of the warp's kMT m-tiles, rows g and g + 8 of
+  // those 16, with their visible key ranges (index [mt][i]).
+  constexpr int kMT = Tr::kMTiles;
+  const int g = lane >> 2, t4 = lane & 3;
+  const int warp_row0 = warp * 16 * kMT;
+  // Visible range of row (mt, i) = [clamp(lo_base + 16 mt + 8 i), clamp(hi_base + 16 mt + 8 i))
+  // with clamp to [0, Sk]: recomputed in the (rare) masked tiles from two 32-bit
+  // bases to save registers. The bases are pre-clamped to [-64, Sk + 64], which
+  // leaves every clamp() below unchanged since 16 mt + 8 i + 1 < 64.
+  static_assert(16 * kMT + 8 < 64, "base clamping margin");
+  int hi_base, lo_base;
+  {
+    const int64_t pos = off + m0 + warp_row0 + g;
+    auto pre_clamp = [&](int64_t x) { return static_cast<int>(x < -64 ? -64 : (x > Sk + 64 ? Sk + 64 : x)); };
+    hi_base = p.causal ? pre_clamp(pos + 1) : Sk + 64;
+    lo_base = p.window > 0 ? pre_clamp(pos - p.window + 1) : -64;
+  }
+  // Key tiles inside [full_lo, full_hi) need no causal / window / bounds masking
+  // for any real row of this CTA.
+  const int full_hi = p.causal ? clamp_pos(pos_first + 1, Sk) : Sk;
+  const int full_lo = p.window > 0 ? clamp_pos(pos_last - p.window + 1, Sk) : 0;
+
+  float acc_o[kMT][kD / 8][4];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int d = 0; d < kD / 8; ++d) acc_o[mt][d][0] = acc_o[mt][d][1] = acc_o[mt][d][2] = acc_o[mt][d][3] = 0.f;
+  }
+  float row_max[kMT][2], row_sum[kMT][2];
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+    row_max[mt][0] = row_max[mt][1] = kNegInf;
+    row_sum[mt][0] = row_sum[mt][1] = 0.f;
+  }
+  uint32_t q_frag[Tr::kQInRegs ? kD / 16 : 1][4];
+
+  const uint32_t sQ_addr = smem_addr(sQ), sK_addr = smem_addr(sK), sV_addr = smem_addr(sV);
+  // ldmatrix lane offsets (see the fragment notes at the top of the file):
+  // Q (A operand): lanes 0-15 rows 0-15 at chunk 2ks, lanes 16-31 the same rows at chunk 2ks+1.
+  const LaneOffsets<kD> q_off(lane & 15, lane >> 4);
+  // K (B operand, stored [key][d] = B^T row-major, plain ldmatrix), for key pair np and k-step ks:
+  // matrices (keys 0-7, chunk 2ks), (keys 0-7, 2ks+1), (keys 8-15, 2ks), (keys 8-15, 2ks+1).
+  const LaneOffsets<kD> k_off((lane & 7) + ((lane >> 4) << 3), (lane >> 3) & 1);
+  // V (B operand, stored [key][d] = B row-major, ldmatrix.trans), for keys 16ks.. and d pair dp:
+  // matrices (keys 0-7, chunk 2dp), (keys 8-15, 2dp), (keys 0-7, 2dp+1), (keys 8-15, 2dp+1).
+  const LaneOffsets<kD> v_off((lane & 7) + (((lane >> 3) & 1) << 3), lane >> 4);
+
+  // A-operand fragment of Q for m-tile mt, k-step ks (head-dim columns 16ks..16ks+15).
+  auto load_q_frag = [&](int mt, int ks, uint32_t(&a)[4]) {
+    ldmatrix_x4(a[0], a[1], a[2], a[3], sQ_addr + 2u * (warp_row0 + mt * 16) * kD + q_off.at(ks));
+  };
+
+  for (int it = 0; it < n_tiles; ++it) {
+    const int n_block = n_begin + it, j0 = n_block * kBN, stage = it & 1;
+    cp_async_wait<1>();  // all groups but the newest done: Q and this tile have landed
+
+    bool need_mask = j0 < full_lo || j0 + kBN > full_hi;
+    bool skip = false;
+    if (has_mask) {
+      // Doubles as the barrier after the wait: count this tile's valid keys.
+      int valid = 0;
+      if (tid < kBN && j0 + tid < Sk) valid = mask_row()[j0 + tid] ? 1 : 0;
+      const int count = __syncthreads_count(valid);
+      skip = count == 0;
+      need_mask = need_mask || count < min(kBN, Sk - j0);
+    } else {
+      __syncthreads();
+    }
+    if constexpr (Tr::kQInRegs) {
+      if (it == 0) {
+#pragma unroll
+        for (int ks = 0; ks < kD / 16; ++ks) load_q_frag(0, ks, q_frag[ks]);
+      }
+    }
+
+    if (!skip) {
+      const uint32_t sKs = sK_addr + 2u * stage * kBN * kD;
+      const uint32_t sVs = sV_addr + 2u * stage * kBN * kD;
+
+      // ---- S = Q K^T (16 kMT x kBN per warp); each K fragment feeds kMT m-tiles ----
+      float acc_s[kMT][kBN / 8][4];
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < kBN / 8; ++n) acc_s[mt][n][0] = acc_s[mt][n][1] = acc_s[mt][n][2] = acc_s[mt][n][3] = 0.f;
+      }
+#pragma unroll
+      for (int ks = 0; ks < kD / 16; ++ks) {
+        uint32_t a[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          if constexpr (Tr::kQInRegs) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) a[mt][e] = q_frag[ks][e];
+          } else {
+            load_q_frag(mt, ks, a[mt]);
+          }
+        }
+#pragma unroll
+        for (int np = 0; np < kBN / 16; ++np) {
+          uint32_t b0, b1, b2, b3;
+          ldmatrix_x4(b0, b1, b2, b3, sKs + 2u * np * 16 * kD + k_off.at(ks));
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            Mma<T>::run(acc_s[mt][2 * np], a[mt], b0, b1);
+            Mma<T>::run(acc_s[mt][2 * np + 1], a[mt], b2, b3);
+          }
+        }
+      }
+
+      // ---- scores in base 2, masking ----
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+        for (int n = 0; n < kBN / 8; ++n) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float x = acc_s[mt][n][e];
+            acc_s[mt][n][e] = p.use_softcap ? p.softcap_out * tanh_from_exp2(x * p.softcap_in) : x * p.scale_log2;
+          }
+        }
+      }
+      if (need_mask) {
+#pragma unroll
+        for (int n = 0; n < kBN / 8; ++n) {
+          const int key = j0 + n * 8 + 2 * t4;
+          bool ok0 = true, ok1 = true;
+          if (has_mask) {
+            ok0 = key < Sk && mask_row()[key];
+            ok1 = key + 1 < Sk && mask_row()[key + 1];
+          }
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+            for (int i = 0; i < 2; ++i) {
+              const int row_hi = min(max(hi_base + mt * 16 + 8 * i, 0), Sk);
+              const int row_lo = min(max(lo_base + mt * 16 + 8 * i, 0), Sk);
+              if (!(ok0 && key >= row_lo && key < row_hi)) acc_s[mt][n][2 * i] = kNegInf;
+              if (!(ok1 && key + 1 >= row_lo && key + 1 < row_hi)) acc_s[mt][n][2 * i + 1] = kNegInf;
+            }
+          }
+        }
+      }
+
+      // ---- online softmax (row i of m-tile mt: c[2i], c[2i+1]; the quad shares a row) ----
+#pragma unroll
+      for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          float mx = row_max[mt][i];
+#pragma unroll
+          for (int n = 0; n < kBN / 8; ++n) mx = fmaxf(mx, fmaxf(acc_s[mt][n][2 * i], acc_s[mt][n][2 * i + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          // A row that has seen no visible key keeps max -inf; subtract 0 instead so
+          // exp2(-inf - m) is 0, never NaN.
+          const float m_use = mx == kNegInf ? 0.f : mx;
+          const float alpha = fast_exp2(row_max[mt][i] - m_use);  // 0 while the old max was -inf
+          row_max[mt][i] = mx;
+          float sum = 0.f;
+#pragma unroll
+          for (int n = 0; n < kBN / 8; ++n) {
+            acc_s[mt][n][2 * i] = fast_exp2(acc_s[mt][n][2 * i] - m_use);
+            acc_s[mt][n][2 * i + 1] = fast_exp2(acc_s[mt][n][2 * i + 1] - m_use);
+            sum += acc_s[mt][n][2 * i] + acc_s[mt][n][2 * i + 1];
+          }
+          row_sum[mt][i] = row_sum[mt][i] * alpha + sum;  // per-thread partial; the quad is summed at the end
+#pragma unroll
+          for (int d = 0; d < kD / 8; ++d) {
+            acc_o[mt][d][2 * i] *= alpha;
+            acc_o[mt][d][2 * i + 1] *= alpha;
+          }
+        }
+      }
+
+      // ---- O += P V; each V fragment feeds kMT m-tiles ----
+#pragma unroll
+      for (int ks = 0; ks < kBN / 16; ++ks) {
+        // P as the A operand for keys 16ks..16ks+15: C tiles 2ks (cols 0-7) and 2ks+1 (cols 8-15).
+        uint32_t a[kMT][4];
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+          a[mt][0] = Mma<T>::pack(acc_s[mt][2 * ks][0], acc_s[mt][2 * ks][1]);
+          a[mt][1] = Mma<T>::pack(acc_s[mt][2 * ks][2], acc_s[mt][2 * ks][3]);
+          a[mt][2] = Mma<T>::pack(acc_s[mt][2 * ks + 1][0], acc_s[mt][2 * ks + 1][1]);
+          a[mt][3] = Mma<T>::pack(acc_s[mt][2 * ks + 1][2], acc_s[mt][2 * ks + 1][3]);
+        }
+#pragma unroll
+        for (int dp = 0; dp < kD / 16; ++dp) {
+          uint32_t b0, b1, b2, b3;
+          ldmatrix_x4_trans(b0, b1, b2, b3, sVs + 2u * ks * 16 * kD + v_off.at(dp));
+#pragma unroll
+          for (int mt = 0; mt < kMT; ++mt) {
+            Mma<T>::run(acc_o[mt][2 * dp], a[mt], b0, b1);
+            Mma<T>::run(acc_o[mt][2 * dp + 1], a[mt], b2, b3);
+          }
+        }
+      }
+    }
+
+    __syncthreads();  // every warp is done with this stage before it is refilled
+    if (it + 2 < n_tiles) load_kv(n_block + 2, stage);
+    cp_async_commit();  // possibly empty: keeps the wait_group<1> count uniform
+  }
+  cp_async_wait<0>();
+
+  // ---- epilogue: O / l -> shared memory (Q's tile) -> 16-byte coalesced stores ----
+  __syncthreads();  // all warps are done reading sQ
+#pragma unroll
+  for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      float s = row_sum[mt][i];
+      s += __shfl_xor_sync(0xffffffffu, s, 1);
+      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      const float inv = s > 0.f ? 1.f / s : 0.f;  // no visible key: zeros
+      const int r = warp_row0 + mt * 16 + g + 8 * i;
+#pragma unroll
+      for (int d = 0; d < kD / 8; ++d) {
+        *reinterpret_cast<uint32_t*>(sQ + swz<kD>(r, d) + 2 * t4) =
+            Mma<T>::pack(acc_o[mt][d][2 * i] * inv, acc_o[mt][d][2 * i + 1] * inv);
+      }
+    }
+  }
+  __syncthreads();
+  for (int idx = tid; idx < rows * kChunks; idx += kNT) {
+    const int r = idx / kChunks, c = idx % kChunks;
+    if (c * 8 < p.d_out) store_chunk<T>(out_row(r), c * 8, sQ + swz<kD>(r, c), p.d_out, p.out_vec);
+  }
+#endif
+}
+
+template <typename T, int kD>
+void run_prefill(const Params& p, int batch, int q_heads, cudaStream_t stream) {
+  using Tr = Traits<kD>;
+  constexpr int smem = Tr::kSmemBytes;
+  auto kernel = prefill_kernel<T, kD>;
+  // Always opt in: at exactly 48 KiB of dynamic shared memory (D = 64) the small
+  // static array would push the block past the default 48 KiB limit. Per device
+  // and cheap; not a stream operation, so it is fine during graph capture.
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  const dim3 grid((p.q_len + Tr::kBlockM - 1) / Tr::kBlockM, q_heads, batch);
+  kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+}  // namespace prefill
+}  // namespace fastxf
