@@ -35,8 +35,9 @@ namespace {
 // would not use AVX). Hence tiles larger than the CUDA kernel's: they amortise
 // the per-call overhead and keep the GEMMs efficient, while 128-row / 256-key
 // blocks still let causal and padding block skipping drop most invisible work.
-// (Measured with benchmarks/bench_attention_cpu.py; 128 x 256 beat 64 x 128,
-// 64 x 256, 64 x 512 and 128 x 512. The macros exist only to re-tune.)
+// (Measured with benchmarks/bench_attention_cpu.py on a shared 2-core machine:
+// 64 x 128 was ~1.6x slower than 128 x 256; 64 x 256, 64 x 512, 128 x 512 and
+// 256 x 512 were no better. The macros exist only to re-tune.)
 #ifndef FASTXF_CPU_BLOCK_ROWS
 #define FASTXF_CPU_BLOCK_ROWS 128
 #define FASTXF_CPU_BLOCK_KEYS 256
