@@ -10,12 +10,17 @@
 // row of the tile can see (causal, sliding window, padding). For short queries
 // over long caches the key range is also split (split-KV): each split produces
 // a partial (acc, m, l) and a merge step combines them exactly.
+//
+// Every float the softmax sees is fp32: fp16 / bf16 inputs are widened when
+// they are staged, the output is rounded once at the end.
 #include <ATen/Parallel.h>
+#include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "attention/attention.h"
@@ -23,8 +28,22 @@
 namespace fastxf {
 namespace {
 
-constexpr int64_t kBlockRows = 32;
-constexpr int64_t kBlockKeys = 64;
+// Tile sizes. The CPU does its two tile products (S = Q K^T and acc += P V)
+// with BLAS through at::mm on fp32 staging tiles, as torch's own CPU flash
+// attention does, and the softmax's exp / max / sum with ATen's vectorised
+// kernels (this file is compiled for baseline x86-64, so hand-written loops
+// would not use AVX). Hence tiles larger than the CUDA kernel's: they amortise
+// the per-call overhead and keep the GEMMs efficient, while 128-row / 256-key
+// blocks still let causal and padding block skipping drop most invisible work.
+// (Measured with benchmarks/bench_attention_cpu.py on a shared 2-core machine:
+// 64 x 128 was ~1.6x slower than 128 x 256; 64 x 256, 64 x 512, 128 x 512 and
+// 256 x 512 were no better. The macros exist only to re-tune.)
+#ifndef FASTXF_CPU_BLOCK_ROWS
+#define FASTXF_CPU_BLOCK_ROWS 128
+#define FASTXF_CPU_BLOCK_KEYS 256
+#endif
+constexpr int64_t kBlockRows = FASTXF_CPU_BLOCK_ROWS;
+constexpr int64_t kBlockKeys = FASTXF_CPU_BLOCK_KEYS;
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
 // Number of key splits for one tile. Depends on shapes only (never on values),
@@ -55,12 +74,18 @@ class TileWorker {
       : p_(p),
         D_(p.head_dim),
         group_(p.q_heads / p.kv_heads),
-        q_(kBlockRows * D_),
-        kt_(D_ * kBlockKeys),
-        v_(kBlockKeys * D_),
-        s_(kBlockRows * kBlockKeys),
         lo_(kBlockRows),
-        hi_(kBlockRows) {}
+        hi_(kBlockRows) {
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    q_ = at::empty({kBlockRows, D_}, f32);
+    k_ = at::empty({kBlockKeys, D_}, f32);
+    v_ = at::empty({kBlockKeys, D_}, f32);
+    s_ = at::empty({kBlockRows, kBlockKeys}, f32);
+    block_max_ = at::empty({kBlockRows}, f32);
+    shift_ = at::empty({kBlockRows}, f32);
+    alpha_ = at::empty({kBlockRows}, f32);
+    row_sum_ = at::empty({kBlockRows}, f32);
+  }
 
   // Visible key range [lo, hi) of every row from causal / window alone
   // (padding is applied per key); returns the union over the tile's rows.
@@ -83,11 +108,12 @@ class TileWorker {
   }
 
   void load_queries(const Tile& t) {
+    float* q = q_.data_ptr<float>();
     for (int64_t r = 0; r < t.rows; ++r) {
       const int64_t row = t.row0 + r;
       const int64_t h = t.kv_head * group_ + row / p_.q_len, i = row % p_.q_len;
       const T* src = p_.q.data_ptr<T>() + t.b * p_.q.stride(0) + h * p_.q.stride(1) + i * p_.q.stride(2);
-      for (int64_t d = 0; d < D_; ++d) q_[r * D_ + d] = static_cast<float>(src[d]) * p_.scale;
+      for (int64_t d = 0; d < D_; ++d) q[r * D_ + d] = static_cast<float>(src[d]) * p_.scale;
     }
   }
 
@@ -95,60 +121,83 @@ class TileWorker {
   // `part` (which the caller initialised to acc = 0, m = -inf, l = 0).
   void attend(const Tile& t, int64_t k_begin, int64_t k_end, const Partial& part) {
     const bool* mask = p_.key_mask.defined() ? p_.key_mask.data_ptr<bool>() + t.b * p_.k_len : nullptr;
-    const T* kbase = p_.k.data_ptr<T>() + t.b * p_.k.stride(0) + t.kv_head * p_.k.stride(1);
-    const T* vbase = p_.v.data_ptr<T>() + t.b * p_.v.stride(0) + t.kv_head * p_.v.stride(1);
+    const at::Tensor k_head = p_.k.select(0, t.b).select(0, t.kv_head);  // (Sk, D), row stride k.stride(2)
+    const at::Tensor v_head = p_.v.select(0, t.b).select(0, t.kv_head);
+    const int64_t rows = t.rows;
+    const auto f32 = at::TensorOptions().dtype(at::kFloat);
+    at::Tensor acc = at::from_blob(part.acc, {rows, D_}, f32);
+    at::Tensor l = at::from_blob(part.l, {rows}, f32);
+    at::Tensor q = q_.narrow(0, 0, rows);
+    at::Tensor block_max = block_max_.narrow(0, 0, rows), shift = shift_.narrow(0, 0, rows);
+    at::Tensor alpha = alpha_.narrow(0, 0, rows), row_sum = row_sum_.narrow(0, 0, rows);
     for (int64_t j0 = k_begin; j0 < k_end; j0 += kBlockKeys) {
       const int64_t nk = std::min(kBlockKeys, k_end - j0);
-      if (mask && std::none_of(mask + j0, mask + j0 + nk, [](bool b) { return b; })) continue;  // padding block
-      // K transposed (D x keys) and V (keys x D) in fp32: the inner loops below
-      // then run over contiguous memory and vectorise.
-      for (int64_t j = 0; j < nk; ++j) {
-        const T* kr = kbase + (j0 + j) * p_.k.stride(2);
-        const T* vr = vbase + (j0 + j) * p_.v.stride(2);
-        for (int64_t d = 0; d < D_; ++d) {
-          kt_[d * kBlockKeys + j] = static_cast<float>(kr[d]);
-          v_[j * D_ + d] = static_cast<float>(vr[d]);
+      int64_t visible_keys = nk;
+      if (mask) {
+        visible_keys = std::count(mask + j0, mask + j0 + nk, true);
+        if (visible_keys == 0) continue;  // padding block
+      }
+      // Causal / window block skipping: does any row see a key of this block,
+      // and does every row see all of it (then no per-element mask is needed)?
+      bool any = false, all = visible_keys == nk;
+      for (int64_t r = 0; r < rows; ++r) {
+        any |= std::max(lo_[r], j0) < std::min(hi_[r], j0 + nk);
+        all &= lo_[r] <= j0 && hi_[r] >= j0 + nk;
+      }
+      if (!any) continue;
+      // K and V blocks (keys x D) in fp32. fp16 / bf16 are widened into
+      // staging tiles (as the CUDA kernel stages tiles in shared memory); fp32
+      // is used in place.
+      at::Tensor kb = k_head.narrow(0, j0, nk), vb = v_head.narrow(0, j0, nk);
+      if constexpr (!std::is_same_v<T, float>) {
+        kb = k_.narrow(0, 0, nk).copy_(kb);
+        vb = v_.narrow(0, 0, nk).copy_(vb);
+      }
+      at::Tensor s = s_.narrow(0, 0, rows).narrow(1, 0, nk);  // row stride kBlockKeys
+      at::mm_out(s, q, kb.t());                                 // scores (q was pre-scaled)
+      if (p_.softcap > 0.f) s.div_(p_.softcap).tanh_().mul_(p_.softcap);
+      if (!all) {
+        // Per-element visibility (causal / window edge, padding): invisible
+        // scores become -inf so that exp gives exact zeros.
+        float* sp = s_.data_ptr<float>();
+        for (int64_t r = 0; r < rows; ++r) {
+          float* sr = sp + r * kBlockKeys;
+          const int64_t lo = std::clamp(lo_[r] - j0, int64_t{0}, nk), hi = std::clamp(hi_[r] - j0, int64_t{0}, nk);
+          for (int64_t j = 0; j < lo; ++j) sr[j] = kNegInf;
+          for (int64_t j = hi; j < nk; ++j) sr[j] = kNegInf;
+          if (mask)
+            for (int64_t j = lo; j < hi; ++j) sr[j] = mask[j0 + j] ? sr[j] : kNegInf;
         }
       }
-      for (int64_t r = 0; r < t.rows; ++r) {
-        const int64_t lo = std::max(lo_[r], j0), hi = std::min(hi_[r], j0 + nk);
-        if (lo >= hi) continue;  // this row sees nothing in the block
-        float* s = s_.data() + r * kBlockKeys;
-        std::fill(s, s + nk, 0.f);
-        const float* qr = q_.data() + r * D_;
-        for (int64_t d = 0; d < D_; ++d) {
-          const float qd = qr[d];
-          const float* kd = kt_.data() + d * kBlockKeys;
-          for (int64_t j = 0; j < nk; ++j) s[j] += qd * kd[j];
+      // Online softmax: m_new = max(m, block max), alpha = exp(m - m_new),
+      // P = exp(s - m_new), l = l * alpha + rowsum(P), acc = acc * alpha + P V.
+      // A row that sees nothing in this block (block max -inf) keeps its state:
+      // it is shifted by 0 instead of -inf (so exp(-inf) = 0, not NaN) and alpha = 1.
+      at::amax_out(block_max, s, 1);
+      float* bm = block_max_.data_ptr<float>();
+      float* sh = shift_.data_ptr<float>();
+      float* al = alpha_.data_ptr<float>();
+      bool rescale = false;
+      for (int64_t r = 0; r < rows; ++r) {
+        if (bm[r] == kNegInf) {
+          sh[r] = 0.f;
+          al[r] = 1.f;
+          continue;
         }
-        float block_max = kNegInf;
-        for (int64_t j = 0; j < nk; ++j) {
-          const int64_t key = j0 + j;
-          const bool visible = key >= lo && key < hi && (!mask || mask[key]);
-          float x = s[j];
-          if (p_.softcap > 0.f) x = p_.softcap * std::tanh(x / p_.softcap);
-          s[j] = visible ? x : kNegInf;
-          block_max = std::max(block_max, s[j]);
-        }
-        if (block_max == kNegInf) continue;
-        const float m_new = std::max(part.m[r], block_max);
-        const float alpha = std::exp(part.m[r] - m_new);  // 0 when m was -inf
-        float sum = 0.f;
-        for (int64_t j = 0; j < nk; ++j) {
-          s[j] = std::exp(s[j] - m_new);
-          sum += s[j];
-        }
+        const float m_new = std::max(part.m[r], bm[r]);
+        al[r] = std::exp(part.m[r] - m_new);  // 0 when m was -inf
+        rescale |= al[r] != 1.f;
+        sh[r] = m_new;
         part.m[r] = m_new;
-        part.l[r] = part.l[r] * alpha + sum;
-        float* acc = part.acc + r * D_;
-        for (int64_t d = 0; d < D_; ++d) acc[d] *= alpha;
-        for (int64_t j = 0; j < nk; ++j) {
-          const float pj = s[j];
-          if (pj == 0.f) continue;
-          const float* vj = v_.data() + j * D_;
-          for (int64_t d = 0; d < D_; ++d) acc[d] += pj * vj[d];
-        }
       }
+      s.sub_(shift.unsqueeze(1)).exp_();
+      at::sum_out(row_sum, s, 1);
+      if (rescale) {
+        l.mul_(alpha);
+        acc.mul_(alpha.unsqueeze(1));
+      }
+      l.add_(row_sum);
+      acc.addmm_(s, vb);  // acc += P V
     }
   }
 
@@ -166,7 +215,8 @@ class TileWorker {
  private:
   const AttentionProblem& p_;
   const int64_t D_, group_;
-  std::vector<float> q_, kt_, v_, s_;
+  at::Tensor q_, k_, v_, s_;  // fp32 staging tiles: scaled Q, K, V, scores / probabilities
+  at::Tensor block_max_, shift_, alpha_, row_sum_;  // per-row online-softmax scratch
   std::vector<int64_t> lo_, hi_;
 };
 
@@ -192,6 +242,9 @@ void run_attention_cpu(const AttentionProblem& p) {
   };
 
   at::parallel_for(0, num_tiles * splits, 1, [&](int64_t begin, int64_t end) {
+    // The tile products below are ATen calls on temporaries: skip autograd and
+    // view tracking for them (this guard is per thread).
+    c10::InferenceMode no_autograd;
     TileWorker<T> worker(p);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t tile_idx = idx / splits, split = idx % splits;
@@ -214,6 +267,7 @@ void run_attention_cpu(const AttentionProblem& p) {
 
   // Merge the splits: with M = max_s m_s, out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
   at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
+    c10::InferenceMode no_autograd;
     TileWorker<T> worker(p);
     std::vector<float> acc(kBlockRows * D), m(kBlockRows), l(kBlockRows);
     for (int64_t tile_idx = begin; tile_idx < end; ++tile_idx) {

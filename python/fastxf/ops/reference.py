@@ -61,6 +61,10 @@ def attention(q, k, v, key_padding_mask=None, q_offset=None, causal=False, scale
     if softcap > 0:
         scores = softcap * torch.tanh(scores / softcap)
     ok = visible_keys(batch, q_len, k.shape[2], q.device, key_padding_mask, q_offset, causal, window)
-    scores = scores.masked_fill(~ok, float("-inf"))
-    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)  # rows with no visible key -> 0
+    # Rows with no visible key give zeros. They get all-zero scores before the
+    # softmax (not all -inf, whose softmax is NaN) and are zeroed after it, so
+    # the forward is exact and the gradient (used by the op's autograd) has no NaN.
+    any_ok = ok.any(dim=-1, keepdim=True)
+    scores = scores.masked_fill(~ok, float("-inf")).masked_fill(~any_ok, 0.0)
+    probs = torch.softmax(scores, dim=-1).masked_fill(~ok, 0.0)
     return probs @ v
