@@ -299,9 +299,12 @@ class _ChunkedCache:
             self.views.append(views)
 
     def record_stream(self, j, stream):
-        for t in vars(self.cache.layers[j]).values():
-            if isinstance(t, torch.Tensor) and t.is_cuda:
-                t.record_stream(stream)
+        """Layer j's tensors (the full-batch ones and the chunks' slices/clones, made on
+        the current stream) are used on `stream`: tell the caching allocator."""
+        for layer in [self.cache.layers[j]] + [c.layers[j] for c in self.chunks]:
+            for t in vars(layer).values():
+                if isinstance(t, torch.Tensor) and t.is_cuda:
+                    t.record_stream(stream)
 
     def merge(self, j):
         """Called once every chunk has run layer j: rebuilds the full-batch layer."""
