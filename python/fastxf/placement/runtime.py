@@ -156,8 +156,8 @@ def place_model(model: nn.Module, devices, placement=None, micro_batches: int = 
         mv = _mover(state, device)
 
         def hook(module, args, kwargs):
-            if state.skip > 0:
-                return None
+            if state.skip > 0 or state.in_runner:
+                return None  # pass-through call, or the pipeline placed the chunk's inputs already
             return _map_tensors(args, mv), _map_tensors(kwargs, mv)
         return hook
 
