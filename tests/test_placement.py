@@ -21,6 +21,9 @@ SMALL = {
                   num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128),
     "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4,
                   num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128),
+    # Mistral with a sliding window shorter than prompt + new tokens: sliding cache layers.
+    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128, sliding_window=4),
     # GPT-2: other layout (transformer.h, ln_f) and a head tied to the embeddings.
     "gpt2": dict(n_embd=32, n_layer=5, n_head=4, vocab_size=VOCAB, n_positions=128,
                  bos_token_id=1, eos_token_id=2),
@@ -72,7 +75,7 @@ def logits(m, ids, mask):
         return m(input_ids=ids, attention_mask=mask).logits
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2", "gpt2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gpt2"])
 @pytest.mark.parametrize("devices,placement", [
     (["cpu", "cpu"], None),
     (["cpu", "cpu"], [4, 1]),
