@@ -200,6 +200,25 @@ def test_bad_placements(devices, placement, kw, match):
     assert placement_of(m) is None
 
 
+def test_per_layer_outputs_rejected_with_micro_batches():
+    m = tiny("llama")
+    ids, mask = batch()
+    place_model(m, ["cpu", "cpu"], placement=[2, 3], micro_batches=2)
+    try:
+        with pytest.raises(ValueError, match="output_hidden_states=True is not supported with micro_batches=2"):
+            with torch.no_grad():
+                m(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    finally:
+        remove_placement(m)
+    place_model(m, ["cpu", "cpu"], placement=[2, 3], micro_batches=1)
+    try:
+        with torch.no_grad():
+            out = m(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        assert len(out.hidden_states) == 6
+    finally:
+        remove_placement(m)
+
+
 def test_planner_fits_and_balances():
     m = tiny("llama")
     plan = plan_placement(m, ["cpu", "cpu"], max_memory=["1GiB", "1GiB"], batch_size=2, max_seq_len=64)

@@ -77,7 +77,9 @@ def _mover(state: _State, device: torch.device):
         hit = state.memo.get(key)
         if hit is not None and hit[0] is t:
             return hit[1]
-        moved = t.to(device, non_blocking=True)
+        # Asynchronous only towards a GPU: a non-blocking GPU->CPU copy could be read
+        # by the CPU before it lands.
+        moved = t.to(device, non_blocking=device.type == "cuda")
         state.memo[key] = (t, moved)  # keeps `t` alive so its id is not reused within this forward
         return moved
     return move
@@ -171,7 +173,14 @@ def place_model(model: nn.Module, devices, placement=None, micro_batches: int = 
 
     first_mv = _mover(state, devs[0])
 
+    cfg = getattr(model, "config", None)
+
     def top_hook(module, args, kwargs):
+        if state.micro_batches > 1:
+            for flag in ("output_attentions", "output_hidden_states"):
+                if kwargs.get(flag) or (kwargs.get(flag) is None and getattr(cfg, flag, False)):
+                    raise ValueError(f"{flag}=True is not supported with micro_batches={state.micro_batches} "
+                                     "(per-layer outputs would be captured per chunk); place with micro_batches=1")
         state.memo.clear()
         state.skip = 0
         return _map_tensors(args, first_mv), _map_tensors(kwargs, first_mv)
@@ -433,7 +442,7 @@ def _run_pipeline(state: _State, args, kwargs):
                             chunked.merge(j)
                     if s + 1 < S:
                         nxt = state.devices[s + 1]
-                        h = h.to(nxt, non_blocking=True)
+                        h = h.to(nxt, non_blocking=nxt.type == "cuda")
                         if cuda and streams[s + 1] is not None and h.is_cuda:
                             h.record_stream(streams[s + 1])
                     hs[c] = h
