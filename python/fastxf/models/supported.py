@@ -18,6 +18,11 @@ _DEC = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
             max_position_embeddings=128)
 
 
+HF_NOT_INTERFACE = "HF (attention does not go through AttentionInterface)"
+HF_POSITION_BIAS = "HF per call (learned position bias the kernel does not take)"
+_SMALL = dict(static_cache=False, generate="greedy")
+
+
 @dataclass(frozen=True)
 class Arch:
     name: str  # what the README shows
@@ -25,7 +30,8 @@ class Arch:
     model_class: str  # transformers class to instantiate
     task: str  # "causal_lm", "encoder", "seq2seq", "speech_seq2seq", "vision"
     config: dict = field(default_factory=dict)
-    attention: str = "fastxf"  # "fastxf" or "hf" (+ reason in notes)
+    attention: str = "fastxf"  # "fastxf", or why it stays on HF: HF_NOT_INTERFACE, HF_POSITION_BIAS
+    generate: str = "greedy, beam, sampling"  # what the test runs (generating tasks)
     fused_residual: bool = False  # residual add fused into the post-attention norm
     static_cache: bool = True  # greedy generate with cache_implementation="static" is tested (generating tasks)
     notes: str = ""
@@ -81,6 +87,45 @@ ARCHS: list[Arch] = [
               max_target_positions=32, pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=3,
               suppress_tokens=None, begin_suppress_tokens=None),
          static_cache=False, notes="cross attention"),
+    # Further architectures through the interface (lighter checks: forward + greedy generate).
+    Arch("OLMo 2", "olmo2", "Olmo2ForCausalLM", "causal_lm", dict(_DEC, num_key_value_heads=2), **_SMALL,
+         notes="post-norms and q/k norms: residual not fused"),
+    Arch("Granite", "granite", "GraniteForCausalLM", "causal_lm", dict(_DEC, num_key_value_heads=2),
+         fused_residual=True, **_SMALL, notes="fused only because residual_multiplier is 1.0 here (probe-checked)"),
+    Arch("SmolLM3", "smollm3", "SmolLM3ForCausalLM", "causal_lm", dict(_DEC, num_key_value_heads=2, pad_token_id=0),
+         fused_residual=True, **_SMALL),
+    Arch("Gemma 3 (text)", "gemma3_text", "Gemma3ForCausalLM", "causal_lm",
+         dict(_DEC, num_key_value_heads=2, head_dim=16, sliding_window=5), **_SMALL),
+    Arch("Qwen2-MoE", "qwen2_moe", "Qwen2MoeForCausalLM", "causal_lm",
+         dict(_DEC, num_key_value_heads=2, moe_intermediate_size=32, shared_expert_intermediate_size=32, num_experts=4,
+              num_experts_per_tok=2), fused_residual=True, **_SMALL),
+    Arch("GPT-BigCode", "gpt_bigcode", "GPTBigCodeForCausalLM", "causal_lm",
+         dict(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=128, bos_token_id=1, eos_token_id=2),
+         **_SMALL, notes="multi-query"),
+    Arch("GPT-J", "gptj", "GPTJForCausalLM", "causal_lm",
+         dict(n_embd=64, n_layer=2, n_head=4, vocab_size=128, rotary_dim=8, bos_token_id=1, eos_token_id=2), **_SMALL),
+    Arch("Cohere", "cohere", "CohereForCausalLM", "causal_lm",
+         dict(_DEC, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2), **_SMALL),
+    Arch("ELECTRA", "electra", "ElectraModel", "encoder",
+         dict(hidden_size=64, embedding_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+              vocab_size=128, max_position_embeddings=64)),
+    Arch("XLM-RoBERTa", "xlm-roberta", "XLMRobertaModel", "encoder",
+         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=128,
+              max_position_embeddings=64, pad_token_id=1)),
+    Arch("mBART", "mbart", "MBartForConditionalGeneration", "seq2seq",
+         dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+              encoder_ffn_dim=128, decoder_ffn_dim=128, vocab_size=128, max_position_embeddings=64), **_SMALL),
+    # Norms on fastxf, attention left on HF (and why).
+    Arch("T5", "t5", "T5ForConditionalGeneration", "seq2seq",
+         dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=128, decoder_start_token_id=0),
+         attention=HF_POSITION_BIAS, **_SMALL),
+    Arch("BLOOM", "bloom", "BloomForCausalLM", "causal_lm", dict(hidden_size=64, n_layer=2, n_head=4, vocab_size=128),
+         attention=HF_NOT_INTERFACE, **_SMALL, notes="ALiBi"),
+    Arch("Falcon", "falcon", "FalconForCausalLM", "causal_lm",
+         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128), attention=HF_NOT_INTERFACE,
+         **_SMALL),
+    Arch("MPT", "mpt", "MptForCausalLM", "causal_lm", dict(d_model=64, n_heads=4, n_layers=2, vocab_size=128),
+         attention=HF_NOT_INTERFACE, **_SMALL, notes="ALiBi"),
 ]
 
 
@@ -104,11 +149,11 @@ def markdown(archs=ARCHS) -> str:
         "`attn_implementation=\"eager\"`: outputs on a padded batch (rel. error < 1e-4), fastxf kernels called with "
         "no fallback, state dict unchanged, greedy / beam / sampled generate, and `revert` bit-identical.",
         "",
-        "| Architecture | transformers class | Attention | Norms | Fused residual + norm | Static cache generate | Notes |",
+        "| Architecture | transformers class | Attention | Norms | Fused residual + norm | Generate checked | Notes |",
         "|---|---|---|---|---|---|---|",
     ]
     for a in archs:
-        gen = "n/a" if a.task in ("encoder", "vision") else ("yes" if a.static_cache else "not tested")
+        gen = "n/a" if a.task in ("encoder", "vision") else a.generate + (", static cache" if a.static_cache else "")
         lines.append(
             f"| {a.name} | `{a.model_class}` | {a.attention} | fastxf | {'yes' if a.fused_residual else 'no'} | {gen} | "
             f"{a.notes} |"
