@@ -65,9 +65,14 @@ def test_architecture(arch):
     inputs, valid = make_inputs(arch, gen)
     state = {k: (v.data_ptr(), v.clone()) for k, v in model.state_dict().items()}
 
+    expected = arch.attention
+    if not type(model)._can_set_attn_implementation():
+        # Some models moved onto AttentionInterface only in later transformers
+        # releases (e.g. GPT-J, T5 after 5.17): then attention stays on HF.
+        expected = HF_NOT_INTERFACE
     fastxf.optimize(model)
     report = fastxf.explain(model)
-    if arch.attention == HF_NOT_INTERFACE:
+    if expected == HF_NOT_INTERFACE:
         assert report["attention"]["status"] == "kept" and "AttentionInterface" in report["attention"]["reason"]
     else:
         assert report["attention"]["status"] == "rewritten", report["attention"]
@@ -84,10 +89,10 @@ def test_architecture(arch):
     with torch.no_grad():
         got = main_output(model(**inputs))
         want = main_output(reference(**inputs))
-    if arch.attention == "fastxf":
+    if expected == "fastxf":
         assert fx_attention.CALLS["fastxf"] > calls, "the fastxf attention kernel was not called"
         assert fallbacks() == fb, f"attention fell back to HF: {fallbacks()}"
-    elif arch.attention == HF_POSITION_BIAS:
+    elif expected == HF_POSITION_BIAS:
         assert fx_attention.CALLS["fastxf"] == calls
         assert fx_attention.CALLS["fallback:extra attention input 'position_bias'"] > fb.get(
             "fallback:extra attention input 'position_bias'", 0
@@ -112,7 +117,7 @@ def test_architecture(arch):
             beams = model.generate(**gen_inputs, num_beams=2, do_sample=False, **common)
             sampled = model.generate(**gen_inputs, do_sample=True, top_k=10, **common)
             assert beams.shape[0] == sampled.shape[0] == a.shape[0]
-        if arch.attention == "fastxf":
+        if expected == "fastxf":
             assert fallbacks() == fb, f"attention fell back to HF during generate: {fallbacks()}"
 
     fastxf.revert(model)

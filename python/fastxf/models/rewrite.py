@@ -85,6 +85,22 @@ def _rewrite_attention(model: nn.Module, state: _State) -> dict:
             _set_internal(c, previous[id(c)])
         return {"status": "kept", "implementation": _attn_impl(model.config), "reason": f"set_attn_implementation failed: {e}"}
     state.attn_configs = [(c, previous[id(c)]) for c in configs]
+    # Older transformers (5.17) do not carry the switch into sub-models that own
+    # a copy of the config (T5's encoder / decoder stacks): do it for them, on
+    # this instance's configs only, where the sub-model uses the interface.
+    for m in model.modules():
+        cfg = getattr(m, "config", None)
+        sub_can_set = getattr(type(m), "_can_set_attn_implementation", None)
+        if (
+            m is not model
+            and hasattr(m, "set_attn_implementation")
+            and cfg is not None
+            and id(cfg) in previous
+            and _attn_impl(cfg) != fx_attention.NAME
+            and callable(sub_can_set)
+            and sub_can_set()
+        ):
+            _set_internal(cfg, fx_attention.NAME)
     switched = [c for c in configs if _attn_impl(c) == fx_attention.NAME]
     modules = [
         name
@@ -95,7 +111,7 @@ def _rewrite_attention(model: nn.Module, state: _State) -> dict:
     ]
     kept_configs = [type(c).__name__ for c in configs if c not in switched]
     info = {
-        "status": "rewritten" if switched else "kept",
+        "status": "rewritten" if switched and modules else "kept",
         "implementation": fx_attention.NAME if switched else _attn_impl(model.config),
         "previous": previous[id(model.config)] if hasattr(model, "config") else None,
         "attention_modules": len(modules),
@@ -104,8 +120,8 @@ def _rewrite_attention(model: nn.Module, state: _State) -> dict:
     }
     if kept_configs:
         info["kept_configs"] = kept_configs
-    if not switched:
-        info["reason"] = "set_attn_implementation did not switch any config"
+    if not switched or not modules:
+        info["reason"] = "set_attn_implementation did not switch any attention module"
     return info
 
 

@@ -21,6 +21,7 @@ _DEC = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 HF_NOT_INTERFACE = "HF (attention does not go through AttentionInterface)"
 HF_POSITION_BIAS = "HF per call (learned position bias the kernel does not take)"
 _SMALL = dict(static_cache=False, generate="greedy")
+_LATER = "transformers 5.17 still has its own attention here (stays on HF there); 5.24 uses the interface"
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,8 @@ ARCHS: list[Arch] = [
          dict(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=128, bos_token_id=1, eos_token_id=2),
          **_SMALL, notes="multi-query"),
     Arch("GPT-J", "gptj", "GPTJForCausalLM", "causal_lm",
-         dict(n_embd=64, n_layer=2, n_head=4, vocab_size=128, rotary_dim=8, bos_token_id=1, eos_token_id=2), **_SMALL),
+         dict(n_embd=64, n_layer=2, n_head=4, vocab_size=128, rotary_dim=8, bos_token_id=1, eos_token_id=2), **_SMALL,
+         notes=_LATER),
     Arch("Cohere", "cohere", "CohereForCausalLM", "causal_lm",
          dict(_DEC, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2), **_SMALL),
     Arch("ELECTRA", "electra", "ElectraModel", "encoder",
@@ -118,7 +120,7 @@ ARCHS: list[Arch] = [
     # Norms on fastxf, attention left on HF (and why).
     Arch("T5", "t5", "T5ForConditionalGeneration", "seq2seq",
          dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=128, decoder_start_token_id=0),
-         attention=HF_POSITION_BIAS, **_SMALL),
+         attention=HF_POSITION_BIAS, **_SMALL, notes=_LATER),
     Arch("BLOOM", "bloom", "BloomForCausalLM", "causal_lm", dict(hidden_size=64, n_layer=2, n_head=4, vocab_size=128),
          attention=HF_NOT_INTERFACE, **_SMALL, notes="ALiBi"),
     Arch("Falcon", "falcon", "FalconForCausalLM", "causal_lm",
