@@ -250,7 +250,7 @@ def test_torch_compile_of_optimized_llama():
     reference = copy.deepcopy(model)
     fastxf.optimize(model)
     ids, mask = padded_batch()
-    compiled = torch.compile(model, fullgraph=False, dynamic=False)
+    compiled = torch.compile(model, fullgraph=True, dynamic=False)  # no graph breaks in the mask/attention path
     with torch.no_grad():
         got = compiled(ids, attention_mask=mask).logits
         want = reference(ids, attention_mask=mask).logits
@@ -299,3 +299,15 @@ def test_real_checkpoint_all_minilm_l6_v2_embeddings():
     assert fx_attention.CALLS["fastxf"] == before + 6  # 6 layers
     assert (a - b).abs().max().item() < 1e-5
     assert torch.nn.functional.cosine_similarity(a, b).min().item() > 1 - 1e-6
+
+
+def test_optimize_and_explain_log_at_info(caplog):
+    model = build(LLAMA)
+    with caplog.at_level("INFO", logger="fastxf"):
+        fastxf.optimize(model)
+        report = fastxf.explain(model)
+    text = caplog.text
+    assert "fastxf.optimize: LlamaForCausalLM: attention rewritten (2 modules)" in text
+    assert "norms 5 replaced / 0 kept, residual fused in 2 layers" in text
+    assert "fastxf.explain" in text
+    assert report["optimized"] and report["fused_residual"]["fused"] == ["model.layers.0", "model.layers.1"]

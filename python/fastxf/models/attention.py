@@ -243,17 +243,23 @@ def _hf_fallback(module, query, key, value, mask, *, prefer_eager: bool, **kwarg
     return sdpa_attention_forward(module, query, key, value, dense, **kwargs)
 
 
-def _wants_attention_weights(module, kwargs) -> bool:
+_COLLECTOR = None  # transformers' output-capture context var, looked up once
+
+
+def _wants_attention_weights(kwargs) -> bool:
     if kwargs.get("output_attentions"):
         return True
-    try:  # transformers 5.x records attention weights with hooks when asked to
-        from transformers.utils.output_capturing import _active_collector
-
-        collected = _active_collector.get()
-        if collected and any(k in collected for k in ("attentions", "cross_attentions")):
+    global _COLLECTOR
+    if _COLLECTOR is None:
+        try:  # transformers 5.x records attention weights with hooks when asked to
+            from transformers.utils.output_capturing import _active_collector as collector
+        except ImportError:
+            collector = False
+        _COLLECTOR = collector
+    if _COLLECTOR:
+        collected = _COLLECTOR.get()
+        if collected and ("attentions" in collected or "cross_attentions" in collected):
             return True
-    except Exception:
-        pass
     return False
 
 
@@ -274,7 +280,7 @@ def fastxf_attention(
     """AttentionInterface entry. query (B, Hq, Sq, D), key / value (B, Hkv, Sk, D)
     -> (output (B, Sq, Hq, D), None), or HF's own result when falling back."""
     reason = None
-    if _wants_attention_weights(module, kwargs):
+    if _wants_attention_weights(kwargs):
         reason = "output_attentions"
     elif dropout and module.training:
         reason = "dropout in training"
