@@ -311,3 +311,64 @@ def test_optimize_and_explain_log_at_info(caplog):
     assert "norms 5 replaced / 0 kept, residual fused in 2 layers" in text
     assert "fastxf.explain" in text
     assert report["optimized"] and report["fused_residual"]["fused"] == ["model.layers.0", "model.layers.1"]
+
+
+def test_mask_patterns_recognised_or_refused():
+    from transformers import masking_utils as mu
+
+    from fastxf.models.attention import describe_mask_function
+
+    assert describe_mask_function(mu.causal_mask_function) == (True, 0)
+    assert describe_mask_function(mu.bidirectional_mask_function) == (False, 0)
+    assert describe_mask_function(mu.sliding_window_causal_mask_function(7)) == (True, 7)
+    # Patterns the kernel cannot express: described as None, so the call falls back.
+    assert describe_mask_function(mu.chunked_causal_mask_function(4, torch.zeros(1, dtype=torch.long))) is None
+    assert describe_mask_function(mu.sliding_window_bidirectional_mask_function(3)) is None
+    assert describe_mask_function(mu.or_masks(mu.causal_mask_function, mu.bidirectional_mask_function)) is None
+    assert describe_mask_function(lambda b, h, q, kv: kv <= q) is None
+
+
+def test_unrecognised_mask_pattern_falls_back_exactly():
+    from transformers import masking_utils as mu
+
+    from fastxf.models.attention import FastxfMask, fastxf_attention, fastxf_mask
+
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = (torch.randn(2, 4, 6, 16, generator=gen) for _ in range(3))
+    pad = torch.ones(2, 6, dtype=torch.bool)
+    pad[1, :2] = False
+    chunked = mu.chunked_causal_mask_function(3, torch.zeros(2, dtype=torch.long))
+    mask = fastxf_mask(2, 6, 6, 0, 0, chunked, pad, device=torch.device("cpu"))
+    assert isinstance(mask, FastxfMask) and mask.reason is not None
+    module = nn.Module()
+    module.is_causal = True
+    before = sum(n for key, n in fx_attention.CALLS.items() if key.startswith("fallback:"))
+    out, _ = fastxf_attention(module, q, k, v, mask, scaling=0.25)
+    assert sum(n for key, n in fx_attention.CALLS.items() if key.startswith("fallback:")) == before + 1
+    dense = mu.sdpa_mask(2, 6, 6, mask_function=chunked, attention_mask=pad, allow_is_causal_skip=False)
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=dense, scale=0.25).transpose(1, 2)
+    assert torch.allclose(out[1, 2:], want[1, 2:], atol=1e-6) and torch.allclose(out[0], want[0], atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_cuda_bf16_llama_error_within_twice_sdpa():
+    """bf16 on the GPU: fastxf's error against an fp32 reference is at most about twice HF sdpa's (design.md)."""
+    model = build(LLAMA).cuda()
+    ids, mask = padded_batch()
+    ids, mask = ids.cuda(), mask.cuda()
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask).logits
+    sdpa = copy.deepcopy(model).to(torch.bfloat16)
+    sdpa.set_attn_implementation("sdpa")
+    fx = fastxf.optimize(copy.deepcopy(model).to(torch.bfloat16))
+    calls = fx_attention.CALLS["fastxf"]
+    with torch.no_grad():
+        e_sdpa = (sdpa(ids, attention_mask=mask).logits.float() - ref)[mask.bool()].abs().max().item()
+        e_fx = (fx(ids, attention_mask=mask).logits.float() - ref)[mask.bool()].abs().max().item()
+    assert fx_attention.CALLS["fastxf"] > calls
+    assert e_fx <= 2 * e_sdpa + 1e-3, (e_fx, e_sdpa)
+    out = fx.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0)
+    assert out.shape == (2, 12)
+    out = fx.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
+                      cache_implementation="static")
+    assert out.shape == (2, 12)
