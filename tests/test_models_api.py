@@ -372,3 +372,18 @@ def test_cuda_bf16_llama_error_within_twice_sdpa():
     out = fx.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False, pad_token_id=0,
                       cache_implementation="static")
     assert out.shape == (2, 12)
+
+
+def test_attention_kernel_probe_failure_keeps_hf_attention(monkeypatch):
+    import fastxf.ops as ops
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("fastxf.attention: the CUDA kernel is not implemented yet")
+
+    monkeypatch.setattr(ops, "attention", broken)
+    model = build(LLAMA)
+    fastxf.optimize(model)
+    r = fastxf.explain(model)
+    assert r["attention"]["status"] == "kept" and "not implemented yet" in r["attention"]["reason"]
+    assert model.config._attn_implementation == "eager"
+    assert len(r["norms"]["replaced"]) == 5

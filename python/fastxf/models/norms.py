@@ -101,6 +101,8 @@ def norm_candidates(module: nn.Module) -> tuple[list[str], str | None]:
     """(kinds to try, reason when the module cannot be a supported norm). Structure only."""
     if any(True for _ in module.children()):
         return [], "has submodules"
+    if hasattr(module, "_hf_hook"):  # accelerate dispatch/offload hooks live on the module object
+        return [], "has an accelerate hook (device_map dispatch or offload)"
     if any(True for _ in module.buffers(recurse=False)):
         return [], "has buffers"
     params = dict(module.named_parameters(recurse=False))

@@ -67,6 +67,36 @@ def _set_internal(config, value) -> None:
         config._attn_implementation = value
 
 
+def _attention_kernel_check(model: nn.Module) -> str | None:
+    """None when fastxf's attention runs and agrees with the float64 reference on
+    the model's device and dtype (a tiny GQA + padding probe), else why not."""
+    import torch
+
+    from ..ops import attention as fx_attn
+    from ..ops import reference
+
+    p = next(model.parameters(), None)
+    if p is None:
+        return "model has no parameters"
+    device, dtype = p.device, p.dtype
+    if dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"model dtype {dtype} (fastxf attention takes float32, float16, bfloat16)"
+    if device.type == "meta":
+        return "model on the meta device"
+    gen = torch.Generator(device="cpu").manual_seed(7)
+    q, k, v = (torch.randn(2, h, 5, 16, generator=gen) for h in (4, 2, 2))
+    pad = torch.tensor([[True] * 5, [False, True, True, True, True]])
+    try:
+        got = fx_attn(*(t.to(device, dtype) for t in (q, k, v)), causal=True, key_padding_mask=pad.to(device))
+    except Exception as e:  # e.g. a build without this device's kernels
+        return f"fastxf attention unavailable on {device} {dtype}: {type(e).__name__}: {e}"
+    want = reference.attention(q.double(), k.double(), v.double(), pad, causal=True)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    if not torch.allclose(got.double().cpu(), want, atol=tol, rtol=tol):
+        return f"fastxf attention probe mismatch on {device} {dtype}"
+    return None
+
+
 def _rewrite_attention(model: nn.Module, state: _State) -> dict:
     configs = _configs_of(model)
     previous = {id(c): _attn_impl(c) for c in configs}
@@ -77,6 +107,9 @@ def _rewrite_attention(model: nn.Module, state: _State) -> dict:
             "implementation": _attn_impl(getattr(model, "config", None)),
             "reason": "the model's attention does not go through transformers' AttentionInterface",
         }
+    why = _attention_kernel_check(model)
+    if why is not None:
+        return {"status": "kept", "implementation": _attn_impl(getattr(model, "config", None)), "reason": why}
     fx_attention.register()
     try:
         model.set_attn_implementation(fx_attention.NAME)
