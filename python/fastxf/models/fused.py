@@ -45,7 +45,6 @@ def structure_reason(layer: nn.Module) -> str | None:
 def _fused_forward_for(layer: nn.Module):
     sig = inspect.signature(type(layer).forward)
     names = list(sig.parameters)[1:]  # without self
-    var_kw = next((n for n, p in sig.parameters.items() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
     plain = [n for n in names if sig.parameters[n].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,)]
 
     def forward(self, hidden_states, *args, **kwargs):
@@ -61,7 +60,6 @@ def _fused_forward_for(layer: nn.Module):
         return residual + h
 
     forward.__doc__ = "fastxf: residual add fused into post_attention_layernorm (instance-bound)"
-    del var_kw
     return forward
 
 
