@@ -5,6 +5,28 @@ from ._extension import build_info, cuda_kernels_built
 from . import ops
 from .placement import plan_placement
 
+
+def optimize(model, **options):
+    """Rewrites one Hugging Face model instance onto fastxf's kernels (see fastxf.models.optimize)."""
+    from .models import optimize as _optimize
+
+    return _optimize(model, **options)
+
+
+def revert(model):
+    """Undoes fastxf.optimize on that instance (see fastxf.models.revert)."""
+    from .models import revert as _revert
+
+    return _revert(model)
+
+
+def explain(model):
+    """What fastxf.optimize rewrote and what stayed on Hugging Face's path, and why."""
+    from .models import explain as _explain
+
+    return _explain(model)
+
+
 __version__ = build_info()["version"]
 
-__all__ = ["__version__", "build_info", "cuda_kernels_built", "ops", "plan_placement"]
+__all__ = ["__version__", "build_info", "cuda_kernels_built", "explain", "ops", "optimize", "plan_placement", "revert"]

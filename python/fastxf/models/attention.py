@@ -1,0 +1,361 @@
+"""The "fastxf" attention implementation for Hugging Face transformers.
+
+Two entries, registered under the same name:
+
+- `AttentionMaskInterface["fastxf"]` (`fastxf_mask`): instead of a dense
+  (B, 1, Sq, Sk) mask it returns a `FastxfMask`, a compact description: causal
+  or not, sliding window, where query 0 sits among the keys (`q_offset`, a
+  tensor for static caches so nothing syncs), and a (B, Sk) bool key padding
+  mask (None when the caller gave no attention mask). Mask patterns it cannot
+  describe exactly (chunked attention, packed sequences, custom or/and mask
+  functions, bidirectional sliding windows) are marked inexact; the dense mask
+  is then built lazily, only for the call that falls back.
+- `AttentionInterface["fastxf"]` (`fastxf_attention`): maps one attention call
+  onto `fastxf.ops.attention` (GQA handled by the kernel, no repeat_kv), or
+  falls back to the model's own eager attention (or sdpa) with the exact dense
+  mask HF would have built, whenever fastxf cannot give the same answer:
+  `output_attentions`, position biases / attention sinks / other unknown extra
+  inputs, dropout in training, a custom dense mask, dtypes or shapes the kernel
+  does not take.
+
+Registering a name in these registries adds an option; it changes no class and
+no other model. A model uses it only after `set_attn_implementation("fastxf")`.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from typing import Any
+
+import torch
+
+from .. import _extension
+from ..ops import attention as fastxf_attention_op
+
+NAME = "fastxf"
+
+# Per-process call counters: "fastxf" for kernel calls, "fallback:<reason>" for
+# calls handed back to HF. Tests use them to prove the kernel really ran;
+# explain() reports the fallbacks seen. Not updated while torch.compile traces.
+CALLS: collections.Counter = collections.Counter()
+
+# Extra keyword arguments that reach attention functions without changing what
+# attention computes (bookkeeping for caches, outputs and other backends).
+_HARMLESS_KWARGS = frozenset(
+    {
+        "position_ids",
+        "cache_position",
+        "use_cache",
+        "output_hidden_states",
+        "return_dict",
+        "layer_idx",
+        "cache",
+        "past_key_values",
+        "past_key_value",
+        "position_embeddings",
+        "encoder_hidden_states",
+        "token_type_ids",
+        "output_router_logits",
+        "logits_to_keep",
+        "is_first_iteration",
+        "kwargs",
+    }
+)
+
+
+def _count(key: str) -> None:
+    if not torch.compiler.is_compiling():
+        CALLS[key] += 1
+
+
+def _mask_utils():
+    from transformers import masking_utils
+
+    return masking_utils
+
+
+def _and_parts(fn) -> tuple | None:
+    """The functions combined by masking_utils.and_masks, or None if fn is not one."""
+    code = getattr(fn, "__code__", None)
+    if code is None or not getattr(fn, "__qualname__", "").startswith("and_masks.") or fn.__closure__ is None:
+        return None
+    cells = dict(zip(code.co_freevars, (c.cell_contents for c in fn.__closure__)))
+    parts = cells.get("mask_functions")
+    return tuple(parts) if isinstance(parts, (tuple, list)) else None
+
+
+def _sliding_window_of(fn) -> int | None:
+    """The window of a masking_utils.sliding_window_overlay(w) function, else None."""
+    code = getattr(fn, "__code__", None)
+    if code is None or not getattr(fn, "__qualname__", "").startswith("sliding_window_overlay.") or fn.__closure__ is None:
+        return None
+    cells = dict(zip(code.co_freevars, (c.cell_contents for c in fn.__closure__)))
+    w = cells.get("sliding_window")
+    return int(w) if isinstance(w, int) and w > 0 else None
+
+
+def describe_mask_function(mask_function) -> tuple[bool, int] | None:
+    """(causal, window) for the mask patterns the kernel computes exactly, else None.
+
+    Recognised: masking_utils.causal_mask_function, bidirectional_mask_function
+    and and_masks(sliding_window_overlay(w), causal_mask_function) (what
+    sliding_window_causal_mask_function builds). Everything else (chunked,
+    packed, block-wise, user or/and functions) is not, and falls back.
+    """
+    mu = _mask_utils()
+    if mask_function is mu.causal_mask_function:
+        return True, 0
+    if mask_function is mu.bidirectional_mask_function:
+        return False, 0
+    parts = _and_parts(mask_function)
+    if parts is not None and len(parts) == 2:
+        for a, b in (parts, parts[::-1]):
+            w = _sliding_window_of(a)
+            if w is not None and b is mu.causal_mask_function:
+                return True, w
+    return None
+
+
+class FastxfMask:
+    """Compact attention mask handed from `fastxf_mask` to `fastxf_attention`.
+
+    Key index j of the keys the attention function receives is absolute
+    position j + kv_offset; query i is at absolute position i + q_offset (HF's
+    convention). The kernel gets `q_offset_keys` = q_offset - kv_offset, the key
+    index of query 0, which is also what its causal rule and window use.
+
+    `ndim` / `shape` make it look like an already-prepared 4-D mask to
+    masking_utils when generate() builds masks ahead of the forward (static
+    caches): it is then passed through unchanged.
+    """
+
+    ndim = 4
+
+    def __init__(self, hf_args: dict, key_padding, q_offset_keys, causal: bool, window: int, reason: str | None):
+        self.hf_args = hf_args
+        self.key_padding = key_padding
+        self.q_offset_keys = q_offset_keys
+        self.causal = causal
+        self.window = window
+        self.reason = reason  # None when the description is exact
+
+    @property
+    def shape(self):
+        a = self.hf_args
+        return (a["batch_size"], 1, a["q_length"], a["kv_length"])
+
+    def dense_bool(self) -> torch.Tensor:
+        """The (B, 1, Sq, Sk) bool mask HF's sdpa path would use (True = attend)."""
+        args = dict(self.hf_args)
+        args.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
+        mask = _mask_utils().sdpa_mask(**args)
+        if mask is None:  # cannot happen with both skips off; keep the contract anyway
+            a = self.hf_args
+            mask = torch.ones(a["batch_size"], 1, a["q_length"], a["kv_length"], dtype=torch.bool, device=a["device"])
+        return mask
+
+    def dense_additive(self, dtype: torch.dtype) -> torch.Tensor:
+        """The additive float mask HF's eager path would use (0 or finfo.min)."""
+        mask = self.dense_bool()
+        return torch.where(mask, torch.zeros((), device=mask.device, dtype=dtype), torch.finfo(dtype).min)
+
+    def __repr__(self):
+        return (
+            f"FastxfMask(causal={self.causal}, window={self.window}, padding={self.key_padding is not None}, "
+            f"exact={self.reason is None})"
+        )
+
+
+def fastxf_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset=0,
+    kv_offset: int = 0,
+    mask_function=None,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> FastxfMask:
+    """AttentionMaskInterface entry: a FastxfMask instead of a dense 4-D mask."""
+    if isinstance(attention_mask, FastxfMask):  # prepared ahead of the forward by generate()
+        return attention_mask
+    mu = _mask_utils()
+    if mask_function is None:
+        mask_function = mu.causal_mask_function
+    device = kwargs.get("device", attention_mask.device if attention_mask is not None else "cpu")
+    hf_args = dict(
+        batch_size=batch_size,
+        q_length=q_length,
+        kv_length=kv_length,
+        q_offset=q_offset,
+        kv_offset=kv_offset,
+        mask_function=mask_function,
+        attention_mask=attention_mask,
+        use_vmap=kwargs.get("use_vmap", False),
+        device=device,
+    )
+    described = describe_mask_function(mask_function)
+    reason = None
+    causal, window = (False, 0) if described is None else described
+    if described is None:
+        reason = "mask pattern not expressible by the kernel (chunked/packed/custom mask function)"
+    elif kwargs.get("local_size") not in (None, 0) and window == 0:
+        reason = "local attention size without a recognised sliding window"
+
+    key_padding = None
+    if attention_mask is not None and reason is None:
+        if attention_mask.dim() != 2:
+            reason = f"{attention_mask.dim()}-D attention_mask given to the mask interface"
+        else:
+            padding = mu.prepare_padding_mask(attention_mask, kv_length, kv_offset)
+            key_padding = padding[:, kv_offset : kv_offset + kv_length].to(device=device, dtype=torch.bool)
+            if key_padding.shape[0] != batch_size:
+                key_padding = key_padding.expand(batch_size, -1)
+            key_padding = key_padding.contiguous()
+
+    # Key index of query 0. None = the kernel's default, bottom-right alignment
+    # (kv_length - q_length), which covers dynamic caches and no cache without
+    # building a tensor; static caches give a device tensor (no host sync).
+    q_offset_keys = None
+    if isinstance(q_offset, torch.Tensor):
+        q_offset_keys = (q_offset - kv_offset).reshape(()).to(device=device, dtype=torch.long)
+    elif int(q_offset) - int(kv_offset) != kv_length - q_length:
+        q_offset_keys = torch.tensor(int(q_offset) - int(kv_offset), dtype=torch.long, device=device)
+    return FastxfMask(hf_args, key_padding, q_offset_keys, causal, window, reason)
+
+
+def _hf_fallback(module, query, key, value, mask, *, prefer_eager: bool, **kwargs):
+    """Run HF's own attention for this call: the model's eager function (exactly what
+    attn_implementation="eager" computes, and the only one returning weights), else sdpa."""
+    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if isinstance(mask, FastxfMask):
+        if eager is not None and prefer_eager:
+            dense = mask.dense_additive(query.dtype)
+        else:
+            dense = mask.dense_bool()
+    else:
+        dense = mask
+    if eager is not None and (prefer_eager or kwargs.get("softcap") is not None):
+        return eager(module, query, key, value, dense, **kwargs)
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    return sdpa_attention_forward(module, query, key, value, dense, **kwargs)
+
+
+_COLLECTOR = None  # transformers' output-capture context var, looked up once
+
+
+def _wants_attention_weights(kwargs) -> bool:
+    if kwargs.get("output_attentions"):
+        return True
+    global _COLLECTOR
+    if _COLLECTOR is None:
+        try:  # transformers 5.x records attention weights with hooks when asked to
+            from transformers.utils.output_capturing import _active_collector as collector
+        except ImportError:
+            collector = False
+        _COLLECTOR = collector
+    if _COLLECTOR:
+        collected = _COLLECTOR.get()
+        if collected and ("attentions" in collected or "cross_attentions" in collected):
+            return True
+    return False
+
+
+def _kernels_for(device: torch.device) -> bool:
+    return device.type == "cpu" or (device.type == "cuda" and _extension.cuda_kernels_built())
+
+
+def fastxf_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+):
+    """AttentionInterface entry. query (B, Hq, Sq, D), key / value (B, Hkv, Sk, D)
+    -> (output (B, Sq, Hq, D), None), or HF's own result when falling back."""
+    reason = None
+    if _wants_attention_weights(kwargs):
+        reason = "output_attentions"
+    elif dropout and module.training:
+        reason = "dropout in training"
+    elif attention_mask is not None and not isinstance(attention_mask, FastxfMask):
+        reason = "custom dense attention mask"
+    elif isinstance(attention_mask, FastxfMask) and attention_mask.reason is not None:
+        reason = attention_mask.reason
+    elif query.dtype not in (torch.float32, torch.float16, torch.bfloat16) or key.dtype != query.dtype:
+        reason = f"dtype {query.dtype}"
+    elif value.shape != key.shape or query.shape[-1] != key.shape[-1] or query.shape[1] % key.shape[1] != 0:
+        reason = "q/k/v shapes (different value head dim or head counts)"
+    elif not _kernels_for(query.device):
+        reason = f"no fastxf kernels for {query.device}"
+    else:
+        for k, v in kwargs.items():
+            if k in ("softcap", "sliding_window", "is_causal", "output_attentions") or k in _HARMLESS_KWARGS:
+                continue
+            if v is None or v is False:
+                continue
+            reason = f"extra attention input {k!r}"
+            break
+    if reason is not None:
+        _count("fallback:" + reason)
+        return _hf_fallback(
+            module, query, key, value, attention_mask, prefer_eager=True, dropout=dropout, scaling=scaling, **kwargs
+        )
+
+    softcap = kwargs.get("softcap") or 0.0
+    if isinstance(attention_mask, FastxfMask):
+        causal, window = attention_mask.causal, attention_mask.window
+        key_padding, q_offset = attention_mask.key_padding, attention_mask.q_offset_keys
+        if key_padding is not None and key_padding.shape[1] != key.shape[2]:
+            if key_padding.shape[1] < key.shape[2]:
+                _count("fallback:mask shorter than keys")
+                return _hf_fallback(
+                    module, query, key, value, attention_mask, prefer_eager=True, dropout=dropout, scaling=scaling, **kwargs
+                )
+            key_padding = key_padding[:, : key.shape[2]]  # like eager's mask[..., :Sk]
+    else:
+        # No mask: mirror HF's sdpa path, which then relies on is_causal
+        # (top-left aligned: the only such case is prefill into an empty static cache).
+        is_causal = kwargs.get("is_causal")
+        is_causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
+        causal = bool(is_causal) and query.shape[2] > 1
+        window, key_padding = 0, None
+        q_offset = None
+        if causal and key.shape[2] > query.shape[2]:
+            key, value = key[:, :, : query.shape[2]], value[:, :, : query.shape[2]]
+    if query.stride(-1) != 1:
+        query = query.contiguous()
+    if key.stride(-1) != 1:
+        key = key.contiguous()
+    if value.stride(-1) != 1:
+        value = value.contiguous()
+    _count("fastxf")
+    out = fastxf_attention_op(
+        query,
+        key,
+        value,
+        causal=causal,
+        scale=scaling,
+        key_padding_mask=key_padding,
+        q_offset=q_offset,
+        window=int(window),
+        softcap=float(softcap),
+    )
+    # The op returns a (B, H, Sq, D) view of a contiguous (B, Sq, H, D) buffer:
+    # HF's layout is that buffer, so this transpose is free.
+    return out.transpose(1, 2), None
+
+
+def register() -> None:
+    """Registers "fastxf" in transformers' attention and mask registries (idempotent)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    AttentionInterface.register(NAME, fastxf_attention)
+    AttentionMaskInterface.register(NAME, fastxf_mask)
