@@ -15,7 +15,6 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include <cstdlib>
 #include <limits>
 
 #include "norm/norm.h"
@@ -35,17 +34,6 @@ int64_t next_pow2(int64_t v) {
   int64_t p = 1;
   while (p < v) p <<= 1;
   return p;
-}
-
-// Rows of at least this many 16-byte chunks use 8 chunks per thread (<= 512
-// threads, more registers): more bytes in flight per SM for long rows.
-// FASTXF_NORM_WIDE_MIN_CHUNKS overrides it (a tuning knob for benchmarks).
-int64_t wide_min_chunks() {
-  static const int64_t v = [] {
-    const char* e = std::getenv("FASTXF_NORM_WIDE_MIN_CHUNKS");
-    return e != nullptr ? std::atoll(e) : int64_t{1} << 40;
-  }();
-  return v;
 }
 
 // Launch shape from the number of chunks (VEC-element pieces) in a row.
@@ -70,8 +58,6 @@ LaunchConfig choose_config(int64_t hidden, bool vectorized, int64_t vec) {
     n = 1;
   } else if (chunks <= 64) {
     n = 2;
-  } else if (vectorized && chunks >= wide_min_chunks() && chunks <= 8 * 512) {
-    n = 8;
   } else if (chunks <= 4 * 1024) {
     n = 4;
   } else if (!vectorized && chunks <= 8 * 1024) {

@@ -130,12 +130,11 @@ __device__ __forceinline__ Pack<T, VEC> load_input(const T* x_row, const T* res_
 }
 
 // ---------------------------------------------------- register-held rows ----
-// blockDim = (G, rows_per_block), at most MAX_THREADS threads. With 1024, at
-// most 64 registers per thread: N <= 4 chunks of 16 bytes (4 packed registers
-// each, plus as many for the residual batch) or N <= 16 scalar chunks fit.
-// N = 8 vectorised chunks are launched with at most 512 threads (128 registers).
-template <typename T, typename O, int VEC, int N, int MAX_THREADS = 1024>
-__global__ void __launch_bounds__(MAX_THREADS) norm_rows_kernel(NormParams p) {
+// blockDim = (G, rows_per_block). 1024 threads at most, hence at most 64
+// registers per thread: N <= 4 chunks of 16 bytes (4 packed registers each,
+// plus as many for the residual batch) or N <= 16 scalar chunks fit.
+template <typename T, typename O, int VEC, int N>
+__global__ void __launch_bounds__(1024) norm_rows_kernel(NormParams p) {
   __shared__ float scratch_mean[32];
   __shared__ float scratch_var[32];
   const int G = blockDim.x;
@@ -211,7 +210,9 @@ __global__ void __launch_bounds__(MAX_THREADS) norm_rows_kernel(NormParams p) {
       }
     }
   }
-  const float rstd = rsqrtf(group_sum(sq, G, scratch_var) / n + p.eps);
+  // 1 / sqrt rather than rsqrtf: both IEEE-rounded, so fp32 outputs are not off
+  // by rsqrtf's extra ulp or two (it showed in the fp32 error against float64).
+  const float rstd = 1.f / sqrtf(group_sum(sq, G, scratch_var) / n + p.eps);
 
   if (!active) return;  // no barrier or shuffle below
   O* out_row = static_cast<O*>(p.out) + row * p.hidden;
@@ -298,7 +299,7 @@ __global__ void __launch_bounds__(512) norm_large_kernel(NormParams p) {
   __syncthreads();
   st = scratch[0];
   const float mean = p.layer_norm ? st.mean : 0.f;
-  const float rstd = rsqrtf(st.m2 / static_cast<float>(p.hidden) + p.eps);
+  const float rstd = 1.f / sqrtf(st.m2 / static_cast<float>(p.hidden) + p.eps);
 
   // Pass 2: normalise. The row is re-read from where pass 1 found (or wrote)
   // it; residual_out was written by this same thread, so plain loads see it.
@@ -327,11 +328,10 @@ void launch_with_vec(const NormParams& p, const LaunchConfig& cfg, cudaStream_t 
     case 2: norm_rows_kernel<T, O, VEC, 2><<<grid, block, 0, stream>>>(p); break;
     case 4: norm_rows_kernel<T, O, VEC, 4><<<grid, block, 0, stream>>>(p); break;
     default:
-      // 8 chunks of 16 bytes do not fit in the 64 registers a 1024-thread block
-      // allows (ptxas spills), so that variant is capped at 512 threads.
-      if constexpr (VEC > 1) {
-        if (cfg.chunks_per_thread == 8) norm_rows_kernel<T, O, VEC, 8, 512><<<grid, block, 0, stream>>>(p);
-      }
+      // Only the scalar variant holds 8 or 16 one-element chunks per thread:
+      // 8 chunks of 16 bytes would not fit in the 64 registers a 1024-thread
+      // block allows (ptxas spills). (A 512-thread N = 8 variant measured on an
+      // H200 was slower than N = 4 with more threads for most shapes.)
       if constexpr (VEC == 1) {
         if (cfg.chunks_per_thread == 8) norm_rows_kernel<T, O, 1, 8><<<grid, block, 0, stream>>>(p);
         if (cfg.chunks_per_thread == 16) norm_rows_kernel<T, O, 1, 16><<<grid, block, 0, stream>>>(p);
