@@ -235,10 +235,14 @@ void run_attention_cpu(const AttentionProblem& p) {
 
   // Partials for every (tile, split): acc, m, l.
   const int64_t part_floats = kBlockRows * (D + 2);
-  std::vector<float> partials(static_cast<size_t>(num_tiles * splits * part_floats));
+  // (Without split-KV each thread stores its tiles itself and only needs one.)
+  std::vector<float> partials(static_cast<size_t>(splits > 1 ? num_tiles * splits * part_floats : 0));
+  auto partial_in = [&](float* base) {
+    return Partial{base, base + kBlockRows * D, base + kBlockRows * (D + 1)};
+  };
   auto partial_at = [&](int64_t tile, int64_t split) {
     float* base = partials.data() + (tile * splits + split) * part_floats;
-    return Partial{base, base + kBlockRows * D, base + kBlockRows * (D + 1)};
+    return partial_in(base);
   };
 
   at::parallel_for(0, num_tiles * splits, 1, [&](int64_t begin, int64_t end) {
@@ -246,10 +250,11 @@ void run_attention_cpu(const AttentionProblem& p) {
     // view tracking for them (this guard is per thread).
     c10::InferenceMode no_autograd;
     TileWorker<T> worker(p);
+    std::vector<float> own(splits == 1 ? part_floats : 0);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t tile_idx = idx / splits, split = idx % splits;
       const Tile t = tile_at(tile_idx);
-      const Partial part = partial_at(tile_idx, split);
+      const Partial part = splits == 1 ? partial_in(own.data()) : partial_at(tile_idx, split);
       std::fill(part.acc, part.acc + kBlockRows * D, 0.f);
       std::fill(part.m, part.m + kBlockRows, kNegInf);
       std::fill(part.l, part.l + kBlockRows, 0.f);
@@ -259,11 +264,17 @@ void run_attention_cpu(const AttentionProblem& p) {
       const int64_t per_split = (blocks + splits - 1) / splits;
       const int64_t k_begin = std::max(lo, (first_block + split * per_split) * kBlockKeys);
       const int64_t k_end = std::min(hi, (first_block + (split + 1) * per_split) * kBlockKeys);
-      if (k_begin >= k_end) continue;
-      worker.load_queries(t);
-      worker.attend(t, k_begin, k_end, part);
+      if (k_begin < k_end) {
+        worker.load_queries(t);
+        worker.attend(t, k_begin, k_end, part);
+      }
+      // Without split-KV the tile is complete: store it now, so that prefill
+      // needs a single parallel region (each region ends in a barrier where
+      // idle OpenMP threads spin, which costs dearly on a loaded machine).
+      if (splits == 1) worker.store(t, part);
     }
   });
+  if (splits == 1) return;
 
   // Merge the splits: with M = max_s m_s, out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
   at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
