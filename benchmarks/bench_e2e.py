@@ -27,6 +27,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from benchmarks.common import measure_ceilings, print_table, row, time_ms, write_results  # noqa: E402
+from fastxf.demo import use_implementation  # noqa: E402
 
 MODELS = {
     # GPT-2 small (openai-community/gpt2 config.json)
@@ -86,16 +87,6 @@ def padded_batch(name, model, batch, seq, device):
     return ids.to(device), mask.to(device)
 
 
-def use(model, impl):
-    import fastxf
-
-    fastxf.revert(model)
-    if impl == "fastxf":
-        fastxf.optimize(model)
-    else:
-        model.set_attn_implementation(impl)
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", required=True, help="directory for e2e.json")
@@ -129,7 +120,7 @@ def main(argv=None) -> int:
         causal = name != "bert-base"
         outputs = {}
         for impl in IMPLS:
-            use(model, impl)
+            use_implementation(model, impl)
 
             def prefill():
                 with torch.no_grad():
@@ -157,7 +148,7 @@ def main(argv=None) -> int:
                 r = row("decode", f"{tag} +{new} tok", dtype, impl, step_ms, bytes_moved=weight_bytes)
                 r["tokens_per_s"] = round(batch / step_ms * 1e3, 1)
                 rows.append(r)
-        use(model, "eager")
+        use_implementation(model, "eager")
         checks.setdefault(name, {}).update(layers=layers, params=n_params)
         if "fastxf" in outputs and "sdpa" in outputs:
             valid = mask.bool()

@@ -84,7 +84,7 @@ def _inputs(name, model, batch, seq, device):
     return ids.to(device), mask.to(device)
 
 
-def _use(model, impl):
+def use_implementation(model, impl):
     """Switch the one model instance between implementations."""
     import fastxf
 
@@ -160,7 +160,7 @@ def main(argv=None) -> int:
     # 2. Speed, same weights, three attention implementations.
     rows = []
     for impl in ("fastxf", "sdpa", "eager"):
-        _use(model, impl)
+        use_implementation(model, impl)
         prefill = _time_s(forward, device)
         row = [impl, f"{prefill * 1e3:9.1f}"]
         if causal:
