@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+import fastxf
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -20,7 +22,9 @@ def _torchrun():
 @pytest.mark.skipif(_torchrun() is None, reason="torchrun not installed")
 def test_torchrun_check_two_stages_gloo():
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "python"), env.get("PYTHONPATH", "")])
+    # The same fastxf as this test process (a checkout's python/ or the installed package).
+    package_root = os.path.dirname(os.path.dirname(os.path.abspath(fastxf.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([package_root, env.get("PYTHONPATH", "")])
     env["OMP_NUM_THREADS"] = "1"
     # --standalone: rendezvous on a free local port, so parallel runs do not collide.
     cmd = [_torchrun(), "--standalone", "--nproc-per-node", "2", "-m", "fastxf.distributed", "--check",

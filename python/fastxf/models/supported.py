@@ -164,8 +164,9 @@ def markdown(archs=ARCHS) -> str:
 
 
 def doc_path() -> str:
-    here = os.path.dirname(os.path.abspath(__file__))
-    return os.path.normpath(os.path.join(here, "..", "..", "..", "docs", "supported_models.md"))
+    """docs/supported_models.md of the checkout we run in (the current directory): the
+    installed package has no docs/ beside it."""
+    return os.path.join(os.getcwd(), "docs", "supported_models.md")
 
 
 def main(argv=None) -> int:
