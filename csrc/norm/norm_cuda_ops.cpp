@@ -4,10 +4,8 @@
 // from the hidden size, and launch on the current stream (no host syncs, so
 // CUDA graph capture works). The kernels are in norm_kernels.cuh.
 //
-// This is a .cpp on purpose: make_norm_problem is an inline function that the
-// CPU op compiles too, and an inline function (with its lambda) compiled once
-// by g++ and once through nvcc's front end gives the linker two copies that
-// need not agree. Compiled here, both copies come from the same compiler.
+// Host code lives in a .cpp (compiled by the C++ compiler alone); only the
+// kernels and their launchers go through nvcc.
 #if FASTXF_WITH_CUDA
 
 #include <c10/cuda/CUDAException.h>
