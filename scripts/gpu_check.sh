@@ -4,6 +4,7 @@
 # benchmarks, and leaves logs + results JSON in $OUT (at most 8 files come back).
 #   STEPS="build tests sanitizer bench"   which steps to run (default: all)
 #   BENCH_ONLY=norm,attention_decode      subset of benchmarks/run_all.py
+#   FASTXF_COMMIT=<sha>                   recorded in the results (git may be missing there)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-out/gpu}
