@@ -13,7 +13,7 @@ import torch
 
 import fastxf
 from fastxf.models import attention as fx_attention
-from fastxf.models.supported import ARCHS, HF_NOT_INTERFACE, HF_POSITION_BIAS, build, markdown
+from fastxf.models.supported import ARCHS, HF_NOT_INTERFACE, HF_POSITION_BIAS, build, markdown, with_readme_table
 
 # fp32 on both sides; the only differences are summation order (tiled online
 # softmax vs one softmax, fused vs unfused norms), ~1e-7 relative per op.
@@ -131,6 +131,10 @@ def test_architecture(arch):
 
 
 def test_supported_models_doc_is_current():
-    doc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "supported_models.md")
-    with open(doc) as f:
-        assert f.read() == markdown(), "docs/supported_models.md is stale: run python -m fastxf.models.supported --write"
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    stale = "stale: run python -m fastxf.models.supported --write"
+    with open(os.path.join(root, "docs", "supported_models.md")) as f:
+        assert f.read() == markdown(), f"docs/supported_models.md is {stale}"
+    with open(os.path.join(root, "README.md")) as f:
+        readme = f.read()
+    assert with_readme_table(readme) == readme, f"the table in README.md is {stale}"
