@@ -24,6 +24,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
 
+    import torch
+
+    if not torch.cuda.is_available():
+        print("benchmarks/run_all.py: no CUDA GPU visible; the benchmarks compare GPU kernels "
+              "(CPU: python benchmarks/bench_attention_cpu.py)", file=sys.stderr)
+        return 2
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from common import measure_ceilings
 
