@@ -75,23 +75,23 @@ def _mask_utils():
     return masking_utils
 
 
+def _closure_cells(fn, factory: str) -> dict | None:
+    """The captured variables of a closure built by masking_utils.<factory>, else None."""
+    code = getattr(fn, "__code__", None)
+    if code is None or not getattr(fn, "__qualname__", "").startswith(factory + ".") or fn.__closure__ is None:
+        return None
+    return dict(zip(code.co_freevars, (c.cell_contents for c in fn.__closure__)))
+
+
 def _and_parts(fn) -> tuple | None:
     """The functions combined by masking_utils.and_masks, or None if fn is not one."""
-    code = getattr(fn, "__code__", None)
-    if code is None or not getattr(fn, "__qualname__", "").startswith("and_masks.") or fn.__closure__ is None:
-        return None
-    cells = dict(zip(code.co_freevars, (c.cell_contents for c in fn.__closure__)))
-    parts = cells.get("mask_functions")
+    parts = (_closure_cells(fn, "and_masks") or {}).get("mask_functions")
     return tuple(parts) if isinstance(parts, (tuple, list)) else None
 
 
 def _sliding_window_of(fn) -> int | None:
     """The window of a masking_utils.sliding_window_overlay(w) function, else None."""
-    code = getattr(fn, "__code__", None)
-    if code is None or not getattr(fn, "__qualname__", "").startswith("sliding_window_overlay.") or fn.__closure__ is None:
-        return None
-    cells = dict(zip(code.co_freevars, (c.cell_contents for c in fn.__closure__)))
-    w = cells.get("sliding_window")
+    w = (_closure_cells(fn, "sliding_window_overlay") or {}).get("sliding_window")
     return int(w) if isinstance(w, int) and w > 0 else None
 
 
