@@ -26,10 +26,12 @@ TORCH_LIBRARY(fastxf, m) {
   // serves prefill, chunked prefill and decode over a cache). causal: key j is
   // visible iff j <= p. window > 0: additionally j > p - window (sliding window).
   // key_padding_mask (B, Sk) bool, True = attend. softcap > 0: scores become
-  // softcap * tanh(scores / softcap) after scaling. Rows that see no key are 0.
+  // softcap * tanh(scores / softcap) after scaling. alibi_slopes (Hq,) or (B, Hq)
+  // fp32: the ALiBi bias -slope[b, h] * |p - j| is then added to the scores
+  // (after scale and softcap, as FlashAttention-2 does). Rows that see no key are 0.
   // The output is (B, Hq, Sq, D) laid out as a contiguous (B, Sq, Hq, D) buffer,
   // so `.transpose(1, 2)` gives Hugging Face's layout without a copy.
   m.def(
       "attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask=None, Tensor? q_offset=None, "
-      "bool causal=False, float? scale=None, int window=0, float softcap=0.0) -> Tensor");
+      "bool causal=False, float? scale=None, int window=0, float softcap=0.0, Tensor? alibi_slopes=None) -> Tensor");
 }

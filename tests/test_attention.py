@@ -57,6 +57,7 @@ def ref_kwargs(kw):
         scale=kw.get("scale"),
         window=kw.get("window", 0),
         softcap=kw.get("softcap", 0.0),
+        alibi_slopes=kw.get("alibi_slopes"),
     )
 
 
@@ -341,6 +342,7 @@ def bad_cases():
             q_offset=None,
             window=0,
             softcap=0.0,
+            alibi_slopes=None,
         )
         d.update(over)
         return d
@@ -366,6 +368,9 @@ def bad_cases():
         ("offset_rank", base(q_offset=torch.tensor([[1, 2]])), "q_offset"),
         ("window", base(window=-1), "window"),
         ("softcap", base(softcap=-1.0), "softcap"),
+        ("alibi_dtype", base(alibi_slopes=torch.ones(4).double()), "alibi_slopes"),
+        ("alibi_shape", base(alibi_slopes=torch.ones(2)), "alibi_slopes"),
+        ("alibi_batch", base(alibi_slopes=torch.ones(3, 4)), "alibi_slopes"),
     ]
 
 
@@ -379,7 +384,7 @@ def test_bad_inputs(name, args, what):
     # Direct callers of the op get the C++ TORCH_CHECK, naming the same thing.
     with pytest.raises(RuntimeError, match="fastxf.attention") as e:
         torch.ops.fastxf.attention(
-            q, k, v, a["key_padding_mask"], a["q_offset"], False, None, a["window"], a["softcap"]
+            q, k, v, a["key_padding_mask"], a["q_offset"], False, None, a["window"], a["softcap"], a["alibi_slopes"]
         )
     assert what in str(e.value)
 
@@ -395,6 +400,59 @@ def test_mismatched_devices():
         torch.ops.fastxf.attention(q, k, v.cpu())
 
 
+# --------------------------------------------------------------------- ALiBi
+
+
+def alibi_slopes(heads, batch=None):
+    """BLOOM's slopes (2^(-8i/n)) for `heads` heads, optionally varied per sequence."""
+    s = torch.tensor([2.0 ** (-8.0 * (i + 1) / heads) for i in range(heads)])
+    return s if batch is None else s[None, :] * torch.linspace(0.5, 1.5, batch)[:, None]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("Hkv", [4, 2, 1], ids=["mha", "gqa", "mqa"])
+@pytest.mark.parametrize("Sq,Sk", [(97, 97), (1, 1025), (17, 300), (300, 97)])
+def test_alibi(device, dtype, causal, Hkv, Sq, Sk):
+    q, k, v = make_qkv(2, 4, Hkv, Sq, Sk, 64, dtype, device)
+    check(q, k, v, causal=causal, alibi_slopes=alibi_slopes(4).to(device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_alibi_with_everything(device, dtype):
+    # Per-sequence slopes, left padding (BLOOM's batches), q_offset, window, softcap, GQA.
+    B, Sq, Sk = 3, 7, 53
+    q, k, v = make_qkv(B, 6, 2, Sq, Sk, 32, dtype, device)
+    mask = torch.ones(B, Sk, dtype=torch.bool, device=device)
+    mask[0, :9] = False
+    mask[2, :40] = False
+    offset = torch.tensor([40, 46, 20], device=device)
+    kw = dict(causal=True, key_padding_mask=mask, q_offset=offset, window=21, softcap=7.0)
+    check(q, k, v, alibi_slopes=alibi_slopes(6, B).to(device), **kw)
+
+
+def test_alibi_left_padding_matches_bloom_convention():
+    # BLOOM adds slope * (position of the key among the real tokens). Under a
+    # causal mask that is -slope * |p - j| plus a per-row constant, which the
+    # softmax removes: the op with left padding must match BLOOM's formula.
+    B, H, S, D = 2, 4, 11, 16
+    q, k, v = make_qkv(B, H, H, S, S, D, torch.float64, "cpu")
+    mask = torch.ones(B, S, dtype=torch.bool)
+    mask[1, :4] = False
+    slopes = alibi_slopes(H)
+    key_pos = ((mask.cumsum(-1) - 1) * mask)[:, None, None, :].double()  # (B, 1, 1, S)
+    scores = q @ k.transpose(-1, -2) * D**-0.5 + slopes.double()[None, :, None, None] * key_pos
+    ok = reference.visible_keys(B, S, S, "cpu", mask, None, True)
+    probs = torch.softmax(scores.masked_fill(~ok, float("-inf")), -1).nan_to_num(0.0)
+    bloom = probs @ v
+    out = fastxf.ops.attention(q.float(), k.float(), v.float(), causal=True, key_padding_mask=mask,
+                               alibi_slopes=slopes)
+    real = mask[:, None, :, None].expand_as(bloom)  # padded query rows differ by convention
+    torch.testing.assert_close(out.double()[real], bloom[real], rtol=1e-5, atol=1e-5)
+
+
 # --------------------------------------------------------------------- torch integration
 
 
@@ -407,6 +465,7 @@ def opcheck_cases():
         ("causal_gqa", dict(causal=True), torch.bfloat16),
         ("mask_offset", dict(causal=True, key_padding_mask=m, q_offset=torch.tensor([10, 14])), torch.float32),
         ("window_softcap", dict(causal=True, window=4, softcap=10.0, scale=0.2), torch.float16),
+        ("alibi", dict(causal=True, alibi_slopes=alibi_slopes(4)), torch.float32),
     ]
 
 
@@ -423,6 +482,7 @@ def test_opcheck(name, kw, dtype):
         kw.get("scale"),
         kw.get("window", 0),
         kw.get("softcap", 0.0),
+        kw.get("alibi_slopes"),
     )
     torch.library.opcheck(torch.ops.fastxf.attention.default, args)
 

@@ -9,7 +9,8 @@ namespace fastxf {
 AttentionProblem make_attention_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                         const std::optional<at::Tensor>& key_padding_mask,
                                         const std::optional<at::Tensor>& q_offset, bool causal,
-                                        std::optional<double> scale, int64_t window, double softcap) {
+                                        std::optional<double> scale, int64_t window, double softcap,
+                                        const std::optional<at::Tensor>& alibi_slopes) {
   const char* op = "fastxf.attention";
   TORCH_CHECK(q.dim() == 4, op, ": q must be 4-D (batch, q_heads, q_len, head_dim), got shape ", q.sizes());
   TORCH_CHECK(k.dim() == 4, op, ": k must be 4-D (batch, kv_heads, k_len, head_dim), got shape ", k.sizes());
@@ -71,6 +72,15 @@ AttentionProblem make_attention_problem(const at::Tensor& q, const at::Tensor& k
                 ": q_offset must have shape (), (1,) or (batch,) = (", p.batch, ",), got ", o.sizes());
     TORCH_CHECK(o.device() == q.device(), op, ": q_offset is on ", o.device(), " but q is on ", q.device());
     p.q_offset = o.reshape({-1}).expand({p.batch}).to(at::kInt).contiguous();
+  }
+  if (alibi_slopes.has_value()) {
+    const auto& a = *alibi_slopes;
+    TORCH_CHECK(a.scalar_type() == at::kFloat, op, ": alibi_slopes must be float32, got ", a.scalar_type());
+    TORCH_CHECK((a.dim() == 1 && a.size(0) == p.q_heads) || (a.dim() == 2 && a.size(0) == p.batch && a.size(1) == p.q_heads),
+                op, ": alibi_slopes must have shape (q_heads,) = (", p.q_heads, ",) or (batch, q_heads) = (", p.batch,
+                ", ", p.q_heads, "), got ", a.sizes());
+    TORCH_CHECK(a.device() == q.device(), op, ": alibi_slopes is on ", a.device(), " but q is on ", q.device());
+    p.alibi = a.expand({p.batch, p.q_heads}).contiguous();
   }
   p.out = at::empty({p.batch, p.q_len, p.q_heads, p.head_dim}, q.options());
   p.out_view = p.out.transpose(1, 2);

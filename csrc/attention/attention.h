@@ -22,6 +22,7 @@ struct AttentionProblem {
   bool causal = false;
   int64_t window = 0;    // > 0: key j visible from position p iff j > p - window
   float softcap = 0.f;   // > 0: scores -> softcap * tanh(scores / softcap)
+  at::Tensor alibi;      // (B, Hq) fp32 contiguous ALiBi slopes, or undefined (no bias)
 };
 
 // Validates the arguments (TORCH_CHECKs that name the argument) and allocates
@@ -29,6 +30,7 @@ struct AttentionProblem {
 AttentionProblem make_attention_problem(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                         const std::optional<at::Tensor>& key_padding_mask,
                                         const std::optional<at::Tensor>& q_offset, bool causal,
-                                        std::optional<double> scale, int64_t window, double softcap);
+                                        std::optional<double> scale, int64_t window, double softcap,
+                                        const std::optional<at::Tensor>& alibi_slopes);
 
 }  // namespace fastxf

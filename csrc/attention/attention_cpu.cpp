@@ -156,6 +156,7 @@ class TileWorker {
       at::Tensor s = s_.narrow(0, 0, rows).narrow(1, 0, nk);  // row stride kBlockKeys
       at::mm_out(s, q, kb.t());                                 // scores (q was pre-scaled)
       if (p_.softcap > 0.f) s.div_(p_.softcap).tanh_().mul_(p_.softcap);
+      if (p_.alibi.defined()) add_alibi(t, j0, nk);
       if (!all) {
         // Per-element visibility (causal / window edge, padding): invisible
         // scores become -inf so that exp gives exact zeros.
@@ -198,6 +199,20 @@ class TileWorker {
       }
       l.add_(row_sum);
       acc.addmm_(s, vb);  // acc += P V
+    }
+  }
+
+  // ALiBi: score(r, j) -= slope(head of r) * |pos(r) - j| for the block's keys.
+  void add_alibi(const Tile& t, int64_t j0, int64_t nk) {
+    const float* slopes = p_.alibi.data_ptr<float>() + t.b * p_.q_heads;
+    const int64_t offset = p_.q_offset.defined() ? p_.q_offset.data_ptr<int32_t>()[t.b] : p_.k_len - p_.q_len;
+    float* sp = s_.data_ptr<float>();
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int64_t row = t.row0 + r;
+      const float slope = slopes[t.kv_head * group_ + row / p_.q_len];
+      const int64_t pos = offset + row % p_.q_len;
+      float* sr = sp + r * kBlockKeys;
+      for (int64_t j = 0; j < nk; ++j) sr[j] -= slope * static_cast<float>(std::abs(pos - (j0 + j)));
     }
   }
 
@@ -308,8 +323,9 @@ void run_attention_cpu(const AttentionProblem& p) {
 
 at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                          const std::optional<at::Tensor>& key_padding_mask, const std::optional<at::Tensor>& q_offset,
-                         bool causal, std::optional<double> scale, int64_t window, double softcap) {
-  auto p = make_attention_problem(q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap);
+                         bool causal, std::optional<double> scale, int64_t window, double softcap,
+                         const std::optional<at::Tensor>& alibi_slopes) {
+  auto p = make_attention_problem(q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap, alibi_slopes);
   if (p.out.numel() == 0) return p.out_view;
   if (p.k_len == 0) return p.out_view.zero_();
   FASTXF_DISPATCH_FLOAT(q.scalar_type(), scalar_t, [&] { run_attention_cpu<scalar_t>(p); });

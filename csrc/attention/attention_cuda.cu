@@ -10,9 +10,11 @@ namespace {
 
 at::Tensor attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const std::optional<at::Tensor>& key_padding_mask, const std::optional<at::Tensor>& q_offset,
-                          bool causal, std::optional<double> scale, int64_t window, double softcap) {
+                          bool causal, std::optional<double> scale, int64_t window, double softcap,
+                          const std::optional<at::Tensor>& alibi_slopes) {
   const c10::cuda::CUDAGuard guard(q.device());
-  auto p = make_attention_problem(q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap);
+  auto p = make_attention_problem(q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap, alibi_slopes);
+  TORCH_CHECK(!p.alibi.defined(), "fastxf.attention: alibi_slopes is not supported by the CUDA kernels yet");
   if (p.out.numel() == 0) return p.out_view;
   if (p.k_len == 0) return p.out_view.zero_();
   if (!decode_attention_cuda(p)) prefill_attention_cuda(p);

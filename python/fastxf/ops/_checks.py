@@ -46,7 +46,7 @@ def check_norm_args(op, x, weight, bias, eps, residual, out_dtype) -> None:
         raise ValueError(f"fastxf.{op}: out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
 
 
-def check_attention_args(q, k, v, key_padding_mask, q_offset, window, softcap) -> None:
+def check_attention_args(q, k, v, key_padding_mask, q_offset, window, softcap, alibi_slopes=None) -> None:
     op = "attention"
     for name, t, dims in (
         ("q", q, "(batch, q_heads, q_len, head_dim)"),
@@ -96,3 +96,13 @@ def check_attention_args(q, k, v, key_padding_mask, q_offset, window, softcap) -
         raise ValueError(f"fastxf.attention: window must be >= 0 (0 = no sliding window), got {window}")
     if softcap < 0:
         raise ValueError(f"fastxf.attention: softcap must be >= 0 (0 = no softcap), got {softcap}")
+    if alibi_slopes is not None:
+        if alibi_slopes.dtype != torch.float32:
+            raise ValueError(f"fastxf.attention: alibi_slopes must be float32, got {alibi_slopes.dtype}")
+        batch, q_heads = q.shape[0], q.shape[1]
+        if tuple(alibi_slopes.shape) not in ((q_heads,), (batch, q_heads)):
+            raise ValueError(
+                f"fastxf.attention: alibi_slopes must have shape (q_heads,) = ({q_heads},) or "
+                f"(batch, q_heads) = ({batch}, {q_heads}), got {tuple(alibi_slopes.shape)}"
+            )
+        check_same_device(alibi_slopes, q, "alibi_slopes", "q", op)

@@ -21,6 +21,7 @@ def attention(
     q_offset: torch.Tensor | None = None,
     window: int = 0,
     softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact attention: q (B, Hq, Sq, D), k / v (B, Hkv, Sk, D) -> (B, Hq, Sq, D).
 
@@ -28,38 +29,44 @@ def attention(
     `q_offset` (int tensor, () or (B,)) gives the key position of query 0.
     `key_padding_mask` (B, Sk) bool, True = attend. `window` > 0 limits each query
     at position p to keys j > p - window; `softcap` > 0 applies
-    softcap * tanh(scores / softcap). Rows with no visible key are zeros. The
+    softcap * tanh(scores / softcap). `alibi_slopes` (float32, (Hq,) or (B, Hq))
+    adds the ALiBi bias -slope * |p - j| (query at key position p, key j) after
+    scale and softcap. Rows with no visible key are zeros. The
     result is a (B, Hq, Sq, D) view of a contiguous (B, Sq, Hq, D) buffer.
     """
-    check_attention_args(q, k, v, key_padding_mask, q_offset, window, softcap)
+    check_attention_args(q, k, v, key_padding_mask, q_offset, window, softcap, alibi_slopes)
     _extension.require_kernels_for(q.device, "attention")
     return torch.ops.fastxf.attention(
-        q, k, v, key_padding_mask, q_offset, bool(causal), scale, int(window), float(softcap)
+        q, k, v, key_padding_mask, q_offset, bool(causal), scale, int(window), float(softcap), alibi_slopes
     )
 
 
 @torch.library.register_fake("fastxf::attention")
-def _attention_fake(q, k, v, key_padding_mask=None, q_offset=None, causal=False, scale=None, window=0, softcap=0.0):
-    check_attention_args(q, k, v, key_padding_mask, q_offset, window, softcap)
+def _attention_fake(
+    q, k, v, key_padding_mask=None, q_offset=None, causal=False, scale=None, window=0, softcap=0.0, alibi_slopes=None
+):
+    check_attention_args(q, k, v, key_padding_mask, q_offset, window, softcap, alibi_slopes)
     batch, q_heads, q_len, head_dim = q.shape
     return q.new_empty((batch, q_len, q_heads, head_dim)).transpose(1, 2)
 
 
 def _attention_setup(ctx, inputs, output):
-    q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap = inputs
+    q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap, alibi_slopes = inputs
     ctx.options = dict(causal=causal, scale=scale, window=window, softcap=softcap)
-    ctx.save_for_backward(q, k, v, key_padding_mask, q_offset)
+    ctx.save_for_backward(q, k, v, key_padding_mask, q_offset, alibi_slopes)
 
 
 def _attention_backward(ctx, grad_out):
-    q, k, v, key_padding_mask, q_offset = ctx.saved_tensors
+    q, k, v, key_padding_mask, q_offset, alibi_slopes = ctx.saved_tensors
     gq, gk, gv = _recompute_grads(
-        lambda q, k, v: (reference.attention(q, k, v, key_padding_mask, q_offset, **ctx.options),),
+        lambda q, k, v: (
+            reference.attention(q, k, v, key_padding_mask, q_offset, alibi_slopes=alibi_slopes, **ctx.options),
+        ),
         [q, k, v],
         [grad_out],
         {},
     )
-    return gq, gk, gv, None, None, None, None, None, None
+    return gq, gk, gv, None, None, None, None, None, None, None
 
 
 torch.library.register_autograd("fastxf::attention", _attention_backward, setup_context=_attention_setup)

@@ -34,11 +34,7 @@ def rms_norm(x, weight=None, eps=1e-6, residual=None, unit_offset=False, out_dty
 
 def visible_keys(batch, q_len, k_len, device, key_padding_mask=None, q_offset=None, causal=False, window=0):
     """(B, 1, Sq, Sk) bool: which keys each query row may attend to."""
-    if q_offset is None:
-        offset = torch.full((batch,), k_len - q_len, device=device, dtype=torch.long)
-    else:
-        offset = q_offset.reshape(-1).expand(batch).to(device=device, dtype=torch.long)
-    pos = offset[:, None] + torch.arange(q_len, device=device)[None, :]  # (B, Sq)
+    pos = query_positions(batch, q_len, k_len, device, q_offset)  # (B, Sq)
     key = torch.arange(k_len, device=device)[None, None, :]  # (1, 1, Sk)
     ok = torch.ones(batch, q_len, k_len, dtype=torch.bool, device=device)
     if causal:
@@ -50,7 +46,18 @@ def visible_keys(batch, q_len, k_len, device, key_padding_mask=None, q_offset=No
     return ok[:, None]
 
 
-def attention(q, k, v, key_padding_mask=None, q_offset=None, causal=False, scale=None, window=0, softcap=0.0):
+def query_positions(batch, q_len, k_len, device, q_offset=None):
+    """(B, Sq) long: the key position p of every query row."""
+    if q_offset is None:
+        offset = torch.full((batch,), k_len - q_len, device=device, dtype=torch.long)
+    else:
+        offset = q_offset.reshape(-1).expand(batch).to(device=device, dtype=torch.long)
+    return offset[:, None] + torch.arange(q_len, device=device)[None, :]
+
+
+def attention(
+    q, k, v, key_padding_mask=None, q_offset=None, causal=False, scale=None, window=0, softcap=0.0, alibi_slopes=None
+):
     """Reference fastxf.attention in q's dtype (pass float64 inputs for a reference)."""
     batch, q_heads, q_len, head_dim = q.shape
     group = q_heads // k.shape[1]
@@ -60,6 +67,11 @@ def attention(q, k, v, key_padding_mask=None, q_offset=None, causal=False, scale
     scores = (q @ k.transpose(-1, -2)) * scale
     if softcap > 0:
         scores = softcap * torch.tanh(scores / softcap)
+    if alibi_slopes is not None:
+        pos = query_positions(batch, q_len, k.shape[2], q.device, q_offset)  # (B, Sq)
+        dist = (pos[:, :, None] - torch.arange(k.shape[2], device=q.device)).abs()  # (B, Sq, Sk)
+        slopes = alibi_slopes.to(scores.dtype).expand(batch, q_heads)
+        scores = scores - slopes[:, :, None, None] * dist[:, None].to(scores.dtype)
     ok = visible_keys(batch, q_len, k.shape[2], q.device, key_padding_mask, q_offset, causal, window)
     # Rows with no visible key give zeros. They get all-zero scores before the
     # softmax (not all -inf, whose softmax is NaN) and are zeroed after it, so
