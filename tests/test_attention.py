@@ -542,3 +542,33 @@ def test_autograd_matches_reference(with_mask):
         torch.testing.assert_close(a.grad.double(), b.grad, rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
     if with_mask:
         assert (leaves[0].grad[0, :, :3] == 0).all()  # rows with no visible key get no gradient
+
+
+# --------------------------------------------------------------------- argument edges
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("window", [2**31, 2**40, 2**62, 2**63 - 1])
+def test_huge_window_is_no_window(device, causal, window):
+    # Positions are 32-bit, so any window past them sees every key; the kernels
+    # compute pos - window + 1, which overflowed for windows near INT64_MAX at
+    # negative positions before the shared argument code clamped it.
+    q, k, v = make_qkv(2, 4, 2, 17, 40, 64, torch.float16, device)
+    offset = torch.tensor([23, -5], device=device)
+    out = call(q, k, v, causal=causal, window=window, q_offset=offset)
+    torch.testing.assert_close(out, call(q, k, v, causal=causal, q_offset=offset), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_q_offset_int64_out_of_int32_range_is_rejected(device):
+    q, k, v = make_qkv(2, 4, 2, 3, 9, 16, torch.float16, device)
+    for bad in ([2**31, 0], [0, -(2**31) - 1], [2**40, 3]):
+        with pytest.raises(RuntimeError, match="q_offset values must fit in int32"):
+            call(q, k, v, causal=True, q_offset=torch.tensor(bad, device=device))
+    # The int32 limits themselves are fine: a row at position 2^31 - 1 sees every
+    # key under the causal rule, one at -2^31 sees none.
+    edge = torch.tensor([2**31 - 1 - 2, -(2**31)], dtype=torch.int64, device=device)
+    out = call(q, k, v, causal=True, q_offset=edge)
+    assert_matches(out, q, k, v, causal=True, q_offset=edge)
+    assert (out[1] == 0).all()

@@ -3,6 +3,7 @@
 #include "attention/attention.h"
 
 #include <cmath>
+#include <limits>
 
 namespace fastxf {
 
@@ -49,7 +50,11 @@ AttentionProblem make_attention_problem(const at::Tensor& q, const at::Tensor& k
   p.k = k;
   p.v = v;
   p.causal = causal;
-  p.window = window;
+  // Key positions are 32-bit (q_offset is stored as int32) and every kernel
+  // computes pos - window + 1 in 64 bits: a window past 2^40 sees exactly the
+  // keys an infinite one does, and clamping it keeps that difference from
+  // overflowing (window = INT64_MAX would).
+  p.window = std::min<int64_t>(window, int64_t{1} << 40);
   p.softcap = static_cast<float>(softcap);
   p.scale = static_cast<float>(scale.has_value() ? *scale : 1.0 / std::sqrt(static_cast<double>(p.head_dim)));
 
@@ -71,6 +76,17 @@ AttentionProblem make_attention_problem(const at::Tensor& q, const at::Tensor& k
     TORCH_CHECK(o.dim() == 0 || (o.dim() == 1 && (o.size(0) == p.batch || o.size(0) == 1)), op,
                 ": q_offset must have shape (), (1,) or (batch,) = (", p.batch, ",), got ", o.sizes());
     TORCH_CHECK(o.device() == q.device(), op, ": q_offset is on ", o.device(), " but q is on ", q.device());
+    // The kernels read int32 offsets. An int64 value outside int32's range
+    // would be cut silently by the conversion, so it is rejected. This reads the
+    // values: free on the CPU, a host sync for an int64 CUDA tensor (pass int32
+    // there, as fastxf's model path does, to avoid it).
+    if (o.scalar_type() == at::kLong && o.numel() > 0) {
+      const auto [lo, hi] = at::aminmax(o);
+      const int64_t lo_v = lo.item<int64_t>(), hi_v = hi.item<int64_t>();
+      TORCH_CHECK(lo_v >= std::numeric_limits<int32_t>::min() && hi_v <= std::numeric_limits<int32_t>::max(), op,
+                  ": q_offset values must fit in int32 (key positions are 32-bit), got values in [", lo_v, ", ", hi_v,
+                  "]");
+    }
     p.q_offset = o.reshape({-1}).expand({p.batch}).to(at::kInt).contiguous();
   }
   if (alibi_slopes.has_value()) {
