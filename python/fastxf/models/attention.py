@@ -29,6 +29,7 @@ import sys
 from typing import Any
 
 import torch
+import torch.utils._pytree
 
 from .. import _extension
 from ..ops import attention as fastxf_attention_op
@@ -145,19 +146,25 @@ class FastxfMask:
         a = self.hf_args
         return (a["batch_size"], 1, a["q_length"], a["kv_length"])
 
-    def dense_bool(self) -> torch.Tensor:
-        """The (B, 1, Sq, Sk) bool mask HF's sdpa path would use (True = attend)."""
+    def dense_bool(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The (B, 1, Sq, Sk) bool mask HF's sdpa path would use (True = attend).
+
+        `like`: the query of the call that needs it. Without key padding nothing in
+        the mask records which micro-batch or device it is used on, so the batch
+        size and device are taken from the query (with key padding they match it)."""
         args = dict(self.hf_args)
+        if like is not None:
+            args.update(batch_size=like.shape[0], device=like.device)
         args.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
         mask = _mask_utils().sdpa_mask(**args)
         if mask is None:  # cannot happen with both skips off; keep the contract anyway
-            a = self.hf_args
+            a = args
             mask = torch.ones(a["batch_size"], 1, a["q_length"], a["kv_length"], dtype=torch.bool, device=a["device"])
         return mask
 
-    def dense_additive(self, dtype: torch.dtype) -> torch.Tensor:
+    def dense_additive(self, dtype: torch.dtype, like: torch.Tensor | None = None) -> torch.Tensor:
         """The additive float mask HF's eager path would use (0 or finfo.min)."""
-        mask = self.dense_bool()
+        mask = self.dense_bool(like)
         return torch.where(mask, torch.zeros((), device=mask.device, dtype=dtype), torch.finfo(dtype).min)
 
     def __repr__(self):
@@ -165,6 +172,39 @@ class FastxfMask:
             f"FastxfMask(causal={self.causal}, window={self.window}, padding={self.key_padding is not None}, "
             f"exact={self.reason is None})"
         )
+
+
+# FastxfMask is a pytree node: its tensors (key padding, query offset, the 2-D
+# attention mask kept for the dense fallback) are its children, everything else
+# the node's context. Whatever maps tensors over a layer's inputs with pytree
+# (fastxf.placement moving them to a stage's device, or slicing them into
+# micro-batches) therefore rebuilds the mask around the mapped tensors, and the
+# rebuilt mask's batch size and device follow its tensors.
+_MASK_HF_CHILDREN = ("attention_mask", "q_offset")
+
+
+def _mask_flatten(mask: FastxfMask):
+    children = [mask.key_padding, mask.q_offset_keys] + [mask.hf_args.get(k) for k in _MASK_HF_CHILDREN]
+    rest = {k: v for k, v in mask.hf_args.items() if k not in _MASK_HF_CHILDREN}
+    return children, (rest, mask.causal, mask.window, mask.reason)
+
+
+def _mask_unflatten(children, context) -> FastxfMask:
+    key_padding, q_offset_keys, attention_mask, q_offset = children
+    rest, causal, window, reason = context
+    hf_args = dict(rest, attention_mask=attention_mask, q_offset=q_offset)
+    batch_major = [t for t in (key_padding, attention_mask) if isinstance(t, torch.Tensor) and t.dim() == 2]
+    if batch_major:
+        hf_args["batch_size"] = batch_major[0].shape[0]
+    tensors = [t for t in children if isinstance(t, torch.Tensor)]
+    if tensors:
+        hf_args["device"] = tensors[0].device
+    return FastxfMask(hf_args, key_padding, q_offset_keys, causal, window, reason)
+
+
+torch.utils._pytree.register_pytree_node(
+    FastxfMask, _mask_flatten, _mask_unflatten, serialized_type_name="fastxf.models.attention.FastxfMask"
+)
 
 
 def fastxf_mask(
@@ -231,9 +271,9 @@ def _hf_fallback(module, query, key, value, mask, *, prefer_eager: bool, **kwarg
     eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
     if isinstance(mask, FastxfMask):
         if eager is not None and prefer_eager:
-            dense = mask.dense_additive(query.dtype)
+            dense = mask.dense_additive(query.dtype, like=query)
         else:
-            dense = mask.dense_bool()
+            dense = mask.dense_bool(like=query)
     else:
         dense = mask
     if eager is not None and (prefer_eager or kwargs.get("softcap") is not None):

@@ -29,6 +29,7 @@ import copy
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from ._discover import ModelParts, discover
@@ -57,29 +58,97 @@ class _State:
         return self.devices[0]
 
 
-def _map_tensors(obj, fn):
+# How per-call objects travel. Everything a layer receives (hidden states, the
+# attention mask, rotary cos/sin, position ids, cache positions, ...) is walked as
+# a torch pytree: containers (tuple, list, dict, namedtuple, ...) and objects that
+# register themselves as pytree nodes (fastxf's compact attention mask, whatever a
+# future feature adds) are taken apart, their tensors mapped (moved to a stage's
+# device, or sliced to a micro-batch) and the objects rebuilt around the results.
+# One walk for moving and for splitting, so an object is never moved but not
+# split or the other way round. Caches and modules are handed over as they are
+# (caches live with their layers; _ChunkedCache splits them). An object that is
+# not a registered node but holds tensors that would need moving or slicing
+# raises, instead of silently reaching a layer on the wrong device or batch.
+
+
+def _is_cache(x) -> bool:
+    cache_cls = _cache_class()
+    return cache_cls is not None and isinstance(x, cache_cls)
+
+
+_CACHE_CLASS = []
+
+
+def _cache_class():
+    if not _CACHE_CLASS:
+        try:
+            from transformers.cache_utils import Cache
+        except ImportError:  # placement without transformers: no HF caches to recognise
+            Cache = None
+        _CACHE_CLASS.append(Cache)
+    return _CACHE_CLASS[0]
+
+
+def _opaque(x) -> bool:
+    """Leaves the walk must not open even if someone registered them as pytree nodes."""
+    return isinstance(x, nn.Module) or _is_cache(x)
+
+
+def _map_tensors(obj, fn, what: str = "argument"):
+    """obj with every tensor t inside it replaced by fn(t) (see above)."""
     if isinstance(obj, torch.Tensor):
         return fn(obj)
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
-        return tuple(_map_tensors(o, fn) for o in obj)
-    if isinstance(obj, list):
-        return [_map_tensors(o, fn) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
-    return obj
+    leaves, spec = pytree.tree_flatten(obj, is_leaf=_opaque)
+    out = []
+    for x in leaves:
+        if isinstance(x, torch.Tensor):
+            x = fn(x)
+        elif getattr(x, "__dict__", None) and not _opaque(x) and not callable(x):
+            _refuse_hidden_tensors(x, fn, what)
+        out.append(x)
+    return pytree.tree_unflatten(out, spec)
+
+
+def _refuse_hidden_tensors(x, fn, what):
+    for name, v in vars(x).items():
+        if isinstance(v, torch.Tensor) and fn(v) is not v:
+            raise ValueError(
+                f"placement: a layer's {what} is a {type(x).__name__} whose tensor {name!r} would have to be "
+                "moved to the layer's device or split per micro-batch, but fastxf cannot see inside that type; "
+                "register it as a pytree node (torch.utils._pytree.register_pytree_node) so its tensors "
+                "travel like the others")
+
+
+# Device operations, in one place (tests substitute fake devices here to check,
+# without several GPUs, that every tensor reaches the device of the layer using it).
+
+
+def _is_on(t: torch.Tensor, device) -> bool:
+    return t.device == device
+
+
+def _copy_to(t: torch.Tensor, device) -> torch.Tensor:
+    # Asynchronous only towards a GPU: a non-blocking GPU->CPU copy could be read
+    # by the CPU before it lands.
+    return t.to(device, non_blocking=device.type == "cuda")
+
+
+def _module_to(module: nn.Module, device, recurse: bool = True) -> None:
+    if recurse:
+        module.to(device)
+    else:
+        module._apply(lambda t: t.to(device), recurse=False)
 
 
 def _mover(state: _State, device: torch.device):
     def move(t):
-        if t.device == device:
+        if _is_on(t, device):
             return t
         key = (id(t), device)
         hit = state.memo.get(key)
         if hit is not None and hit[0] is t:
             return hit[1]
-        # Asynchronous only towards a GPU: a non-blocking GPU->CPU copy could be read
-        # by the CPU before it lands.
-        moved = t.to(device, non_blocking=device.type == "cuda")
+        moved = _copy_to(t, device)
         state.memo[key] = (t, moved)  # keeps `t` alive so its id is not reused within this forward
         return moved
     return move
@@ -136,19 +205,19 @@ def place_model(model: nn.Module, devices, placement=None, micro_batches: int = 
     units = {id(m) for m in parts.layers}
     for s, (a, b) in enumerate(bounds):
         for i in range(a, b):
-            parts.layers[i].to(devs[s])
+            _module_to(parts.layers[i], devs[s])
     if parts.final_norm is not None:
         units.add(id(parts.final_norm))
-        parts.final_norm.to(devs[-1])
+        _module_to(parts.final_norm, devs[-1])
     if parts.head is not None:
         units.add(id(parts.head))
-        parts.head.to(devs[0] if parts.tied else devs[-1])
+        _module_to(parts.head, devs[0] if parts.tied else devs[-1])
     units.add(id(parts.layers))
 
     def rest(mod):
         if id(mod) in units:
             return
-        mod._apply(lambda t: t.to(devs[0]), recurse=False)
+        _module_to(mod, devs[0], recurse=False)
         for child in mod.children():
             rest(child)
 
@@ -223,7 +292,7 @@ def remove_placement(model: nn.Module) -> nn.Module:
             layer.forward = old
         else:
             del layer.forward
-    model.to(state.first)
+    _module_to(model, state.first)
     delattr(model, _ATTR)
     return model
 
@@ -442,7 +511,7 @@ def _run_pipeline(state: _State, args, kwargs):
                             chunked.merge(j)
                     if s + 1 < S:
                         nxt = state.devices[s + 1]
-                        h = h.to(nxt, non_blocking=nxt.type == "cuda")
+                        h = _copy_to(h, nxt)
                         if cuda and streams[s + 1] is not None and h.is_cuda:
                             h.record_stream(streams[s + 1])
                     hs[c] = h
