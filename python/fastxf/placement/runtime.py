@@ -8,12 +8,15 @@ How it hooks in (all on the one model instance, all undone by remove_placement):
   reused by the following layers of that stage;
 - the final norm and the head get the same pre-hook; the outermost model gets
   one that moves its inputs to the first device;
-- with micro_batches > 1, layer 0's forward is replaced by the pipeline: it
-  splits the batch into chunks and runs all layers on all chunks in wavefront
-  order (stage s on chunk c while stage s+1 on chunk c-1), then layers 1..L-1
-  pass the result through for that one call. The HF model's own code still
-  builds the embeddings, mask and rotary tables before the layers and runs the
-  final norm and head after them.
+- with micro_batches > 1, the layers' forwards are replaced: while the HF
+  model's loop calls them, layers 0..L-2 only record their arguments (each
+  layer its own: masks may differ per layer type) and pass the hidden states
+  on; the last layer's call splits the batch into chunks and runs all layers on
+  all chunks in wavefront order (stage s on chunk c while stage s+1 on chunk
+  c-1). The HF model's own code still builds the embeddings, masks and rotary
+  tables before the layers and runs the final norm and head after them.
+- per-call objects (the compact attention mask, rotary cos/sin, ...) are split
+  and moved by one pytree walk (see _map_tensors).
 
 KV caches: HF caches create a layer's tensors lazily from the keys that layer
 computes, so they are born on the layer's device. With micro-batches each chunk
@@ -48,7 +51,7 @@ class _State:
     handles: list = field(default_factory=list)
     saved_forwards: list = field(default_factory=list)  # (module, had_instance_forward, old)
     memo: dict = field(default_factory=dict)
-    skip: int = 0
+    recorded: list | None = None  # (args, kwargs) of each layer's call while a batch is being deferred
     in_runner: bool = False
     tuple_out: bool = False
     streams: list = field(default_factory=list)
@@ -227,8 +230,8 @@ def place_model(model: nn.Module, devices, placement=None, micro_batches: int = 
         mv = _mover(state, device)
 
         def hook(module, args, kwargs):
-            if state.skip > 0 or state.in_runner:
-                return None  # pass-through call, or the pipeline placed the chunk's inputs already
+            if state.recorded is not None or state.in_runner:
+                return None  # a call being recorded, or the pipeline placed the chunk's inputs already
             return _map_tensors(args, mv), _map_tensors(kwargs, mv)
         return hook
 
@@ -251,16 +254,16 @@ def place_model(model: nn.Module, devices, placement=None, micro_batches: int = 
                     raise ValueError(f"{flag}=True is not supported with micro_batches={state.micro_batches} "
                                      "(per-layer outputs would be captured per chunk); place with micro_batches=1")
         state.memo.clear()
-        state.skip = 0
+        state.recorded = None
         return _map_tensors(args, first_mv), _map_tensors(kwargs, first_mv)
 
     def owner_pre(module, args, kwargs):
         state.memo.clear()
-        state.skip = 0
+        state.recorded = None
 
     def owner_post(module, args, kwargs, output):
         state.memo.clear()  # drop the copies made for this forward
-        state.skip = 0
+        state.recorded = None
 
     state.handles.append(model.register_forward_pre_hook(top_hook, with_kwargs=True))
     if parts.owner is not model:
@@ -309,21 +312,42 @@ def placement_of(model: nn.Module):
 # micro-batch pipeline
 
 
+def _hidden_of(args, kwargs):
+    return args[0] if args else kwargs.get("hidden_states")
+
+
 def _make_layer_forward(state: _State, index: int, orig):
+    """Layer `index`'s forward while micro-batching.
+
+    The HF model's loop calls the layers one after the other, each with its own
+    arguments (Gemma 2 gives sliding-window layers another mask than full-attention
+    layers; other models may differ per layer too). So the calls are recorded, not
+    run: layers 0..L-2 return their input hidden states unchanged (the loop only
+    passes them on), and the last layer's call runs the whole pipeline with every
+    layer's own recorded arguments and returns the real result."""
+    n_layers = len(state.parts.layers)
+
     def forward(*args, **kwargs):
         if state.in_runner:
             return orig(*args, **kwargs)
-        if state.skip > 0:
-            state.skip -= 1
-            h = args[0] if args else kwargs["hidden_states"]
-            return (h,) if state.tuple_out else h
         if index == 0:
-            h = args[0] if args else kwargs.get("hidden_states")
-            if isinstance(h, torch.Tensor) and h.dim() >= 2 and h.shape[0] > 1:
-                out = _run_pipeline(state, args, kwargs)
-                state.skip = len(state.parts.layers) - 1
-                return out
-        return orig(*args, **kwargs)
+            state.recorded = None
+            h = _hidden_of(args, kwargs)
+            if not (isinstance(h, torch.Tensor) and h.dim() >= 2 and h.shape[0] > 1):
+                return orig(*args, **kwargs)  # nothing to split: the layers run one by one as usual
+            state.recorded = []
+        if state.recorded is None:
+            return orig(*args, **kwargs)
+        if len(state.recorded) != index:
+            state.recorded = None
+            raise RuntimeError(f"placement: decoder layer {index} was called out of order (micro-batching needs the "
+                               f"model to call its {n_layers} layers once each, in order)")
+        state.recorded.append((args, kwargs))
+        if index == n_layers - 1:
+            calls, state.recorded = state.recorded, None
+            return _run_pipeline(state, calls)
+        h = _hidden_of(args, kwargs)
+        return (h,) if state.tuple_out else h
     return forward
 
 
@@ -414,51 +438,65 @@ def _chunk_bounds(B, n):
     return out
 
 
-def _run_pipeline(state: _State, args, kwargs):
+def _run_pipeline(state: _State, calls):
+    """Runs every layer on every chunk; calls[j] = (args, kwargs) of layer j's call."""
     layers = state.parts.layers
     L = len(layers)
-    hidden = args[0] if args else kwargs["hidden_states"]
+    hidden = _hidden_of(*calls[0])
     B = hidden.shape[0]
     bounds = _chunk_bounds(B, state.micro_batches)
     n = len(bounds)
     S = len(state.devices)
-    where, cache = _find_cache(args, kwargs)
+    cache = next((c for c in (_find_cache(*call)[1] for call in calls) if c is not None), None)
     chunked = _ChunkedCache(cache, bounds, L) if cache is not None else None
 
-    def split(obj, b0, b1):
-        # Batch-major tensors (rank >= 2 with the batch as leading dim) are sliced;
-        # 1-D tensors such as cache positions and broadcast (leading dim 1) tensors are shared.
-        return _map_tensors(obj, lambda t: t[b0:b1] if t.dim() >= 2 and t.shape[0] == B else t)
+    # Batch-major tensors (rank >= 2 with the batch as leading dim) are sliced; 1-D
+    # tensors such as cache positions and broadcast (leading dim 1) tensors are
+    # shared. One slice per tensor and chunk, shared by the layers that get the same
+    # tensor (so it crosses to each device once).
+    slices = {}
 
-    rest_args = args[1:] if args else ()
-    rest_kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+    def splitter(c):
+        b0, b1 = bounds[c]
+
+        def split(t):
+            if t.dim() < 2 or t.shape[0] != B:
+                return t
+            key = (id(t), c)
+            if key not in slices:
+                slices[key] = t[b0:b1]
+            return slices[key]
+        return split
+
+    # chunk_in[c][j]: layer j's arguments for chunk c (without the hidden states),
+    # split and on layer j's device.
+    movers = {dev: _mover(state, dev) for dev in state.devices}
     chunk_in = []
-    for c, (b0, b1) in enumerate(bounds):
-        a = split(rest_args, b0, b1)
-        kw = split(rest_kwargs, b0, b1)
-        if chunked is not None:
-            if where[0] == "kw":
-                kw[where[1]] = chunked.chunks[c]
-            else:
-                a = list(a)
-                a[where[1] - 1] = chunked.chunks[c]
-                a = tuple(a)
-        chunk_in.append((a, kw))
+    for c in range(n):
+        split = splitter(c)
+        per_layer = []
+        for j, (args, kwargs) in enumerate(calls):
+            where, _ = _find_cache(args, kwargs)
+            a = _map_tensors(args[1:] if args else (), split)
+            kw = _map_tensors({k: v for k, v in kwargs.items() if k != "hidden_states"}, split)
+            if where is not None and chunked is not None:
+                if where[0] == "kw":
+                    kw[where[1]] = chunked.chunks[c]
+                else:
+                    a = list(a)
+                    a[where[1] - 1] = chunked.chunks[c]
+                    a = tuple(a)
+            mv = movers[state.layer_device[j]]
+            per_layer.append((_map_tensors(a, mv), _map_tensors(kw, mv)))
+        chunk_in.append(per_layer)
+    hs = [hidden[b0:b1] for b0, b1 in bounds]
 
     streams = state.streams
     cuda = bool(streams)
-    # Inputs of every chunk on every stage device, copied up front on the current
-    # streams (they are small: masks, cos/sin, position ids); the stage streams
-    # wait for those copies once, below.
-    placed = {}
-    for s, dev in enumerate(state.devices):
-        mv = _mover(state, dev)
-        for c in range(n):
-            if (c, dev) not in placed:
-                placed[(c, dev)] = (_map_tensors(chunk_in[c][0], mv), _map_tensors(chunk_in[c][1], mv))
-    hs = [hidden[b0:b1] for b0, b1 in bounds]
-
     if cuda:
+        # Every chunk's inputs were copied to every stage device up front on the
+        # current streams (they are small: masks, cos/sin, position ids); the stage
+        # streams wait for those copies once, here.
         for s, dev in enumerate(state.devices):
             st = streams[s]
             if st is None:
@@ -472,7 +510,8 @@ def _run_pipeline(state: _State, args, kwargs):
                     t.record_stream(st)
                 return t
             for c in range(n):
-                _map_tensors(placed[(c, dev)], rec)
+                for j in range(*state.bounds[s]):
+                    _map_tensors(chunk_in[c][j], rec)
             if s == 0:
                 hidden.record_stream(st)
             if chunked is not None:
@@ -498,8 +537,8 @@ def _run_pipeline(state: _State, args, kwargs):
                     if st is not None and s > 0 and events[s - 1][c] is not None:
                         st.wait_event(events[s - 1][c])
                     h = hs[c]
-                    a, kw = placed[(c, dev)]
                     for j in range(*state.bounds[s]):
+                        a, kw = chunk_in[c][j]
                         out = layers[j](h, *a, **kw)
                         if isinstance(out, tuple):
                             state.tuple_out = True
