@@ -38,7 +38,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import fastxf
 from fastxf.models import attention as fx_attention
@@ -56,7 +56,14 @@ CONFIGS = {
     "qwen3": dict(SMALL, head_dim=8),
     # Window 4 < prompt length: sliding-window layers see fewer keys than the full ones.
     "gemma2": dict(SMALL, head_dim=8, sliding_window=4),
+    # Encoder-decoder: the decoder's layers are placed (the encoder runs on the first
+    # device); self-attention and cross-attention caches, a padded encoder mask.
+    "bart": dict(d_model=32, encoder_layers=2, decoder_layers=5, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64, vocab_size=VOCAB,
+                 max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                 decoder_start_token_id=1, forced_eos_token_id=None),
 }
+SEQ2SEQ = {"bart"}
 STAGES = {1: [5], 2: [2, 3], 3: [1, 3, 1], 5: [1] * 5}
 AXES = {
     "family": list(CONFIGS),
@@ -130,7 +137,8 @@ def model_for(family):
         cfg = AutoConfig.for_model(family, **CONFIGS[family])
         cfg._attn_implementation = "eager"
         torch.manual_seed(0)
-        _MODELS[family] = AutoModelForCausalLM.from_config(cfg).eval()
+        auto = AutoModelForSeq2SeqLM if family in SEQ2SEQ else AutoModelForCausalLM
+        _MODELS[family] = auto.from_config(cfg).eval()
     return _MODELS[family]
 
 
@@ -150,6 +158,8 @@ def inputs(padding):
 def run(model, kind, ids, mask):
     with torch.no_grad():
         if kind == "forward":
+            if model.config.is_encoder_decoder:
+                return model(input_ids=ids, attention_mask=mask, decoder_input_ids=ids.flip(1).clamp_min(3)).logits
             return model(input_ids=ids, attention_mask=mask).logits
         kw = dict(max_new_tokens=NEW_TOKENS, pad_token_id=0, eos_token_id=None)
         if kind == "greedy":
@@ -334,9 +344,11 @@ class FakeDevices:
 # the matrix
 
 
-def compare(kind, got, want, mask, exact):
+def compare(kind, got, want, real, exact):
+    """real: the positions whose logits mean something (None: all)."""
     if kind == "forward":
-        real = mask.bool()
+        if real is None:
+            real = torch.ones(got.shape[:2], dtype=torch.bool)
         if exact:
             assert torch.equal(got[real], want[real])
         else:
@@ -366,7 +378,7 @@ def test_combination(case, monkeypatch):
             fake.stop()
             fastxf.revert(model)
     exact = not case["optimize"] and case["micro_batches"] == 1
-    compare(kind, got, want, mask, exact)
+    compare(kind, got, want, None if family in SEQ2SEQ else mask.bool(), exact)
     assert fake.checked > 0
     if case["optimize"]:
         assert fx_attention.CALLS["fastxf"] > kernel_calls  # the kernels really ran

@@ -363,6 +363,43 @@ def _find_cache(args, kwargs):
     return None, None
 
 
+def _chunk_cache(cache, bounds, n_layers):
+    """Per-chunk views of a full-batch cache: _ChunkedCache, or for an encoder-decoder
+    cache (self-attention + cross-attention caches) one for each part."""
+    if hasattr(cache, "self_attention_cache") and hasattr(cache, "cross_attention_cache"):
+        return _ChunkedEncoderDecoderCache(cache, bounds, n_layers)
+    return _ChunkedCache(cache, bounds, n_layers)
+
+
+class _ChunkedEncoderDecoderCache:
+    """EncoderDecoderCache: its two caches chunked separately; each chunk also gets its
+    own copy of `is_updated` (layer j's cross-attention keys are computed on the first
+    step, then reused), merged back like the tensors."""
+
+    def __init__(self, cache, bounds, n_layers):
+        self.cache = cache
+        self.parts = [_chunk_cache(cache.self_attention_cache, bounds, n_layers),
+                      _chunk_cache(cache.cross_attention_cache, bounds, n_layers)]
+        self.chunks = []
+        for c in range(len(bounds)):
+            sub = copy.copy(cache)
+            sub.self_attention_cache = self.parts[0].chunks[c]
+            sub.cross_attention_cache = self.parts[1].chunks[c]
+            if isinstance(getattr(cache, "is_updated", None), dict):
+                sub.is_updated = dict(cache.is_updated)
+            self.chunks.append(sub)
+
+    def record_stream(self, j, stream):
+        for part in self.parts:
+            part.record_stream(j, stream)
+
+    def merge(self, j):
+        for part in self.parts:
+            part.merge(j)
+        if isinstance(getattr(self.cache, "is_updated", None), dict) and j in self.chunks[-1].is_updated:
+            self.cache.is_updated[j] = self.chunks[-1].is_updated[j]  # the same for every chunk
+
+
 class _ChunkedCache:
     """Per-chunk views of one full-batch HF cache (see the module docstring)."""
 
@@ -448,7 +485,7 @@ def _run_pipeline(state: _State, calls):
     n = len(bounds)
     S = len(state.devices)
     cache = next((c for c in (_find_cache(*call)[1] for call in calls) if c is not None), None)
-    chunked = _ChunkedCache(cache, bounds, L) if cache is not None else None
+    chunked = _chunk_cache(cache, bounds, L) if cache is not None else None
 
     # Batch-major tensors (rank >= 2 with the batch as leading dim) are sliced; 1-D
     # tensors such as cache positions and broadcast (leading dim 1) tensors are
