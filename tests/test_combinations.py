@@ -33,6 +33,7 @@ as the compact attention mask) carries its layer's tag.
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 import torch
@@ -404,3 +405,59 @@ def test_fake_devices_see_a_stale_tensor(monkeypatch):
             h.remove()
             fake.stop()
             fastxf.revert(model)
+
+
+# ----------------------------------------------------------------------------------------------
+# the README's placement example, as written (CUDA devices replaced by the CPU, 8 new
+# tokens instead of 64 to keep CI short)
+
+
+def readme_placement_example() -> str:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = text.split("## Pipeline placement", 1)[1]
+    return section.split("```python", 1)[1].split("```", 1)[0]
+
+
+def test_readme_placement_example():
+    code = readme_placement_example()
+    assert "fastxf.optimize(model, devices=" in code and "micro_batches=" in code
+    # The example's model has 24 layers (placement=[10, 14]): a tiny 24-layer Llama.
+    cfg = AutoConfig.for_model("llama", **dict(SMALL, num_hidden_layers=24))
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg).eval()
+    input_ids, mask = inputs("left")
+    with torch.no_grad():
+        want = model.generate(input_ids, attention_mask=mask, max_new_tokens=8)
+    ns = {"model": model, "input_ids": input_ids, "mask": mask}
+    on_cpu = re.sub(r'"cuda:\d"', '"cpu"', code).replace("max_new_tokens=64", "max_new_tokens=8")
+    assert '"cuda' not in on_cpu and "max_new_tokens=8" in on_cpu
+    try:
+        with torch.no_grad():
+            exec(compile(on_cpu, "README.md (placement example)", "exec"), ns)
+        assert placement_of(model) == (["cpu", "cpu"], [10, 14], 4)
+        assert torch.equal(ns["out"], want)
+        assert sum(ns["plan"].placement) == 24
+    finally:
+        fastxf.revert(model)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("family", ["llama", "gemma2", "bart"])
+def test_cuda_optimize_placement_micro_batches(family):
+    """On one GPU: optimize + 3 stages on cuda:0 (one stream each) + 3 micro-batches vs the
+    unplaced eager model, greedy and static cache (run by the GPU checks)."""
+    model = model_for(family).to("cuda")
+    ids, mask = inputs("left")
+    ids, mask = ids.cuda(), mask.cuda()
+    try:
+        want = [run(model, kind, ids, mask) for kind in ("greedy", "static")]
+        fastxf.optimize(model, devices=["cuda:0"] * 3, placement=[1, 3, 1], micro_batches=3)
+        try:
+            for kind, w in zip(("greedy", "static"), want):
+                assert torch.equal(run(model, kind, ids, mask), w), kind
+        finally:
+            fastxf.revert(model)
+    finally:
+        model.to("cpu")
