@@ -278,3 +278,63 @@ def test_cuda_streams_match_unplaced(mb):
     finally:
         remove_placement(m)
         m.to("cpu")
+
+
+class _PerRow:
+    """A per-call object of a future feature: one row of `values` per sequence."""
+
+    def __init__(self, values, note="x"):
+        self.values = values
+        self.note = note
+
+
+def _inject(model, obj):
+    """Hands `obj` to every decoder layer as the keyword `per_row` (HF layers pass
+    unknown keywords on to attention, which ignores them on the eager path), and
+    records the batch size each attention call sees it with."""
+    seen, hooks = [], []
+    parts = discover(model)
+    state = model._fastxf_placement
+
+    def add(mod, args, kwargs):
+        if not state.in_runner:  # the model's own call, not the pipeline running a chunk
+            return args, dict(kwargs, per_row=obj)
+
+    for layer in parts.layers:
+        hooks.append(layer.register_forward_pre_hook(add, with_kwargs=True, prepend=True))
+        hooks.append(layer.self_attn.register_forward_pre_hook(
+            lambda mod, args, kwargs: seen.append((kwargs["hidden_states"].shape[0], kwargs["per_row"])),
+            with_kwargs=True))
+    return seen, hooks
+
+
+def test_registered_per_call_objects_are_split_and_others_refused():
+    """The runtime walks a layer's inputs as a pytree: an object registered as a
+    pytree node reaches each micro-batch with its own rows; one that is not, but holds
+    a tensor that would have to be split, raises instead of arriving whole."""
+    import torch.utils._pytree as pytree
+
+    m = tiny("llama")
+    ids, mask = batch(b=5)
+    place_model(m, ["cpu", "cpu"], placement=[2, 3], micro_batches=3)
+    try:
+        seen, hooks = _inject(m, _PerRow(torch.arange(5)[:, None].repeat(1, 3)))
+        try:
+            with pytest.raises(ValueError, match="_PerRow whose tensor 'values' .* register it as a pytree node"):
+                logits(m, ids, mask)
+            pytree.register_pytree_node(_PerRow, lambda o: ([o.values], o.note),
+                                        lambda children, note: _PerRow(children[0], note))
+            try:
+                seen.clear()
+                logits(m, ids, mask)
+            finally:
+                pytree._deregister_pytree_node(_PerRow)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert len(seen) == 5 * 3  # 5 layers x 3 chunks
+        for rows, obj in seen:
+            assert obj.values.shape == (rows, 3) and obj.note == "x"
+        assert sorted({tuple(obj.values[:, 0].tolist()) for _, obj in seen}) == [(0, 1), (2, 3), (4,)]
+    finally:
+        remove_placement(m)
