@@ -97,19 +97,35 @@ def _opaque(x) -> bool:
     return isinstance(x, nn.Module) or _is_cache(x)
 
 
+_SCALARS = (type(None), bool, int, float, str, torch.dtype, torch.device)
+
+
 def _map_tensors(obj, fn, what: str = "argument"):
-    """obj with every tensor t inside it replaced by fn(t) (see above)."""
+    """obj with every tensor t inside it replaced by fn(t) (see above).
+
+    Plain tuples, lists and dicts are walked here directly (this runs for every
+    layer call: a full pytree flatten costs several times more); every other
+    pytree node (registered classes, namedtuples) is opened one level with
+    torch's pytree and rebuilt with its own unflatten."""
+    t = type(obj)
     if isinstance(obj, torch.Tensor):
         return fn(obj)
-    leaves, spec = pytree.tree_flatten(obj, is_leaf=_opaque)
-    out = []
-    for x in leaves:
-        if isinstance(x, torch.Tensor):
-            x = fn(x)
-        elif getattr(x, "__dict__", None) and not _opaque(x) and not callable(x):
-            _refuse_hidden_tensors(x, fn, what)
-        out.append(x)
-    return pytree.tree_unflatten(out, spec)
+    if t in _SCALARS:
+        return obj
+    if t is tuple:
+        return tuple(_map_tensors(o, fn, what) for o in obj)
+    if t is list:
+        return [_map_tensors(o, fn, what) for o in obj]
+    if t is dict:
+        return {k: _map_tensors(v, fn, what) for k, v in obj.items()}
+    if _opaque(obj):
+        return obj
+    if t in pytree.SUPPORTED_NODES or pytree.is_namedtuple_instance(obj):
+        children, spec = pytree.tree_flatten(obj, is_leaf=lambda x: x is not obj)
+        return pytree.tree_unflatten([_map_tensors(c, fn, what) for c in children], spec)
+    if getattr(obj, "__dict__", None) and not callable(obj):
+        _refuse_hidden_tensors(obj, fn, what)
+    return obj
 
 
 def _refuse_hidden_tensors(x, fn, what):
