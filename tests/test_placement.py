@@ -338,3 +338,15 @@ def test_registered_per_call_objects_are_split_and_others_refused():
         assert sorted({tuple(obj.values[:, 0].tolist()) for _, obj in seen}) == [(0, 1), (2, 3), (4,)]
     finally:
         remove_placement(m)
+
+
+def test_discover_encoder_decoder():
+    """BART: the decoder's layers are the placed stack; its layernorm_embedding runs before
+    the layers, so it is no final norm (it stays with the embeddings on the first device)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    cfg = AutoConfig.for_model("bart", d_model=16, encoder_layers=1, decoder_layers=3, encoder_attention_heads=2,
+                               decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=VOCAB)
+    m = AutoModelForSeq2SeqLM.from_config(cfg)
+    parts = discover(m)
+    assert parts.layers_name == "model.decoder.layers" and parts.final_norm is None and parts.tied
