@@ -350,3 +350,28 @@ def test_discover_encoder_decoder():
     m = AutoModelForSeq2SeqLM.from_config(cfg)
     parts = discover(m)
     assert parts.layers_name == "model.decoder.layers" and parts.final_norm is None and parts.tied
+
+
+def test_dense_fallback_refuses_a_per_sequence_mask_function_on_a_micro_batch():
+    """A mask pattern the compact mask cannot describe falls back to HF's dense mask,
+    built by its mask function; if that function reads per-sequence tensors of the whole
+    batch (packed sequences), a micro-batch would get other rows' masks: it raises."""
+    from transformers import masking_utils as mu
+
+    from fastxf.models.attention import fastxf_mask
+
+    seq_ids = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 1]])
+    fn = mu.and_masks(mu.causal_mask_function, mu.packed_sequence_mask_function(seq_ids))
+    mask = fastxf_mask(batch_size=3, q_length=4, kv_length=4, mask_function=fn)
+    assert mask.reason is not None  # not expressible: the dense fallback is used
+    q = torch.zeros(3, 2, 4, 8)
+    assert mask.dense_bool(like=q).shape == (3, 1, 4, 4)
+    with pytest.raises(ValueError, match="3-row batch reads per-sequence tensors .* 2-row micro-batch"):
+        mask.dense_bool(like=q[:2])
+    def every_other_key(batch_idx, head_idx, q_idx, kv_idx):
+        return kv_idx % 2 == 0
+
+    plain = fastxf_mask(batch_size=3, q_length=4, kv_length=4,
+                        mask_function=mu.and_masks(mu.causal_mask_function, every_other_key))
+    assert plain.reason is not None
+    assert plain.dense_bool(like=q[:2]).shape == (2, 1, 4, 4)  # nothing per-sequence: any batch

@@ -118,6 +118,19 @@ def describe_mask_function(mask_function) -> tuple[bool, int] | None:
     return None
 
 
+def _captures_tensor(fn, depth: int = 0) -> bool:
+    """Whether a mask function (or a function it combines) holds a tensor in its closure."""
+    if depth > 8 or fn is None:
+        return False
+    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if c.cell_contents is not None]
+    for v in cells:
+        items = v if isinstance(v, (list, tuple)) else [v]
+        for x in items:
+            if isinstance(x, torch.Tensor) or (callable(x) and _captures_tensor(x, depth + 1)):
+                return True
+    return False
+
+
 class FastxfMask:
     """Compact attention mask handed from `fastxf_mask` to `fastxf_attention`.
 
@@ -154,6 +167,13 @@ class FastxfMask:
         size and device are taken from the query (with key padding they match it)."""
         args = dict(self.hf_args)
         if like is not None:
+            if like.shape[0] != args["batch_size"] and _captures_tensor(args["mask_function"]):
+                # A micro-batch (fastxf.placement) of a mask whose pattern comes from
+                # per-sequence tensors (e.g. packed sequences): its rows are not ours.
+                raise ValueError(
+                    f"fastxf attention: the mask function of this {args['batch_size']}-row batch reads per-sequence "
+                    f"tensors and cannot be applied to a {like.shape[0]}-row micro-batch; use micro_batches=1"
+                )
             args.update(batch_size=like.shape[0], device=like.device)
         args.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
         mask = _mask_utils().sdpa_mask(**args)
