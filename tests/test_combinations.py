@@ -12,6 +12,9 @@ test_matrix_covers_every_pair):
 - padding: none, left, right (different lengths per row)
 - run: forward, greedy, beam search, sampling, static cache
 
+plus, denser where the rewrites meet several stages and micro-batches: optimize on,
+every family x stages (2, 3, 5) x micro-batches (2, 3, 6), 45 more cases.
+
 The reference is always the same weights unplaced and unoptimized (eager). Tokens
 must be identical; logits (at real, non-padding positions) equal bit for bit
 when nothing changes the arithmetic (optimize off, one micro-batch), else within
@@ -103,6 +106,13 @@ def pairwise(axes: dict) -> list:
 
 
 CASES = pairwise(AXES)
+# Where the bugs lived (the rewrites meeting several stages and micro-batches), denser:
+# optimize on, every family x stages (2, 3, 5) x micro-batches (2, 3, 6), the run and
+# the padding rotating through their values.
+CASES += [
+    dict(family=f, stages=st, micro_batches=mb, optimize=True, run=AXES["run"][i % 5], padding=AXES["padding"][i % 3])
+    for i, (f, st, mb) in enumerate(itertools.product(AXES["family"], [2, 3, 5], [2, 3, 6]))
+]
 
 
 def case_id(c):

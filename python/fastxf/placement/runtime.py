@@ -29,6 +29,7 @@ full-batch cache that generate() expects."""
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -74,22 +75,18 @@ class _State:
 # raises, instead of silently reaching a layer on the wrong device or batch.
 
 
+@functools.cache
+def _cache_class():
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:  # placement without transformers: no HF caches to recognise
+        return None
+    return Cache
+
+
 def _is_cache(x) -> bool:
     cache_cls = _cache_class()
     return cache_cls is not None and isinstance(x, cache_cls)
-
-
-_CACHE_CLASS = []
-
-
-def _cache_class():
-    if not _CACHE_CLASS:
-        try:
-            from transformers.cache_utils import Cache
-        except ImportError:  # placement without transformers: no HF caches to recognise
-            Cache = None
-        _CACHE_CLASS.append(Cache)
-    return _CACHE_CLASS[0]
 
 
 def _opaque(x) -> bool:
@@ -100,7 +97,7 @@ def _opaque(x) -> bool:
 _SCALARS = (type(None), bool, int, float, str, torch.dtype, torch.device)
 
 
-def _map_tensors(obj, fn, what: str = "argument"):
+def _map_tensors(obj, fn):
     """obj with every tensor t inside it replaced by fn(t) (see above).
 
     Plain tuples, lists and dicts are walked here directly (this runs for every
@@ -113,26 +110,26 @@ def _map_tensors(obj, fn, what: str = "argument"):
     if t in _SCALARS:
         return obj
     if t is tuple:
-        return tuple(_map_tensors(o, fn, what) for o in obj)
+        return tuple(_map_tensors(o, fn) for o in obj)
     if t is list:
-        return [_map_tensors(o, fn, what) for o in obj]
+        return [_map_tensors(o, fn) for o in obj]
     if t is dict:
-        return {k: _map_tensors(v, fn, what) for k, v in obj.items()}
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
     if _opaque(obj):
         return obj
     if t in pytree.SUPPORTED_NODES or pytree.is_namedtuple_instance(obj):
         children, spec = pytree.tree_flatten(obj, is_leaf=lambda x: x is not obj)
-        return pytree.tree_unflatten([_map_tensors(c, fn, what) for c in children], spec)
+        return pytree.tree_unflatten([_map_tensors(c, fn) for c in children], spec)
     if getattr(obj, "__dict__", None) and not callable(obj):
-        _refuse_hidden_tensors(obj, fn, what)
+        _refuse_hidden_tensors(obj, fn)
     return obj
 
 
-def _refuse_hidden_tensors(x, fn, what):
+def _refuse_hidden_tensors(x, fn):
     for name, v in vars(x).items():
         if isinstance(v, torch.Tensor) and fn(v) is not v:
             raise ValueError(
-                f"placement: a layer's {what} is a {type(x).__name__} whose tensor {name!r} would have to be "
+                f"placement: a layer's argument is a {type(x).__name__} whose tensor {name!r} would have to be "
                 "moved to the layer's device or split per micro-batch, but fastxf cannot see inside that type; "
                 "register it as a pytree node (torch.utils._pytree.register_pytree_node) so its tensors "
                 "travel like the others")
