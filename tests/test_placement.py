@@ -132,13 +132,12 @@ def test_wavefront_order_and_chunks():
         remove_placement(m)
     stage = {0: [0], 1: [1, 2, 3], 2: [4]}
     sizes = [2, 2, 1]
-    expected = [(0, 5)]  # layer 0's own call, which runs the pipeline
+    expected = [(j, 5) for j in range(5)]  # the model's own calls, recorded; the last one runs the pipeline
     for t in range(3 + 3 - 1):
         for s in range(3):
             c = t - s
             if 0 <= c < 3:
                 expected += [(j, sizes[c]) for j in stage[s]]
-    expected += [(j, 5) for j in range(1, 5)]  # layers 1..4 pass the result through
     assert seen == expected
 
 
@@ -279,3 +278,100 @@ def test_cuda_streams_match_unplaced(mb):
     finally:
         remove_placement(m)
         m.to("cpu")
+
+
+class _PerRow:
+    """A per-call object of a future feature: one row of `values` per sequence."""
+
+    def __init__(self, values, note="x"):
+        self.values = values
+        self.note = note
+
+
+def _inject(model, obj):
+    """Hands `obj` to every decoder layer as the keyword `per_row` (HF layers pass
+    unknown keywords on to attention, which ignores them on the eager path), and
+    records the batch size each attention call sees it with."""
+    seen, hooks = [], []
+    parts = discover(model)
+    state = model._fastxf_placement
+
+    def add(mod, args, kwargs):
+        if not state.in_runner:  # the model's own call, not the pipeline running a chunk
+            return args, dict(kwargs, per_row=obj)
+
+    for layer in parts.layers:
+        hooks.append(layer.register_forward_pre_hook(add, with_kwargs=True, prepend=True))
+        hooks.append(layer.self_attn.register_forward_pre_hook(
+            lambda mod, args, kwargs: seen.append((kwargs["hidden_states"].shape[0], kwargs["per_row"])),
+            with_kwargs=True))
+    return seen, hooks
+
+
+def test_registered_per_call_objects_are_split_and_others_refused():
+    """The runtime walks a layer's inputs as a pytree: an object registered as a
+    pytree node reaches each micro-batch with its own rows; one that is not, but holds
+    a tensor that would have to be split, raises instead of arriving whole."""
+    import torch.utils._pytree as pytree
+
+    m = tiny("llama")
+    ids, mask = batch(b=5)
+    place_model(m, ["cpu", "cpu"], placement=[2, 3], micro_batches=3)
+    try:
+        seen, hooks = _inject(m, _PerRow(torch.arange(5)[:, None].repeat(1, 3)))
+        try:
+            with pytest.raises(ValueError, match="_PerRow whose tensor 'values' .* register it as a pytree node"):
+                logits(m, ids, mask)
+            pytree.register_pytree_node(_PerRow, lambda o: ([o.values], o.note),
+                                        lambda children, note: _PerRow(children[0], note))
+            try:
+                seen.clear()
+                logits(m, ids, mask)
+            finally:
+                pytree._deregister_pytree_node(_PerRow)
+        finally:
+            for h in hooks:
+                h.remove()
+        assert len(seen) == 5 * 3  # 5 layers x 3 chunks
+        for rows, obj in seen:
+            assert obj.values.shape == (rows, 3) and obj.note == "x"
+        assert sorted({tuple(obj.values[:, 0].tolist()) for _, obj in seen}) == [(0, 1), (2, 3), (4,)]
+    finally:
+        remove_placement(m)
+
+
+def test_discover_encoder_decoder():
+    """BART: the decoder's layers are the placed stack; its layernorm_embedding runs before
+    the layers, so it is no final norm (it stays with the embeddings on the first device)."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    cfg = AutoConfig.for_model("bart", d_model=16, encoder_layers=1, decoder_layers=3, encoder_attention_heads=2,
+                               decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=VOCAB)
+    m = AutoModelForSeq2SeqLM.from_config(cfg)
+    parts = discover(m)
+    assert parts.layers_name == "model.decoder.layers" and parts.final_norm is None and parts.tied
+
+
+def test_dense_fallback_refuses_a_per_sequence_mask_function_on_a_micro_batch():
+    """A mask pattern the compact mask cannot describe falls back to HF's dense mask,
+    built by its mask function; if that function reads per-sequence tensors of the whole
+    batch (packed sequences), a micro-batch would get other rows' masks: it raises."""
+    from transformers import masking_utils as mu
+
+    from fastxf.models.attention import fastxf_mask
+
+    seq_ids = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1], [0, 0, 0, 1]])
+    fn = mu.and_masks(mu.causal_mask_function, mu.packed_sequence_mask_function(seq_ids))
+    mask = fastxf_mask(batch_size=3, q_length=4, kv_length=4, mask_function=fn)
+    assert mask.reason is not None  # not expressible: the dense fallback is used
+    q = torch.zeros(3, 2, 4, 8)
+    assert mask.dense_bool(like=q).shape == (3, 1, 4, 4)
+    with pytest.raises(ValueError, match="3-row batch reads per-sequence tensors .* 2-row micro-batch"):
+        mask.dense_bool(like=q[:2])
+    def every_other_key(batch_idx, head_idx, q_idx, kv_idx):
+        return kv_idx % 2 == 0
+
+    plain = fastxf_mask(batch_size=3, q_length=4, kv_length=4,
+                        mask_function=mu.and_masks(mu.causal_mask_function, every_other_key))
+    assert plain.reason is not None
+    assert plain.dense_bool(like=q[:2]).shape == (2, 1, 4, 4)  # nothing per-sequence: any batch

@@ -29,6 +29,7 @@ import sys
 from typing import Any
 
 import torch
+import torch.utils._pytree
 
 from .. import _extension
 from ..ops import attention as fastxf_attention_op
@@ -117,6 +118,19 @@ def describe_mask_function(mask_function) -> tuple[bool, int] | None:
     return None
 
 
+def _captures_tensor(fn, depth: int = 0) -> bool:
+    """Whether a mask function (or a function it combines) holds a tensor in its closure."""
+    if depth > 8 or fn is None:
+        return False
+    cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ()) if c.cell_contents is not None]
+    for v in cells:
+        items = v if isinstance(v, (list, tuple)) else [v]
+        for x in items:
+            if isinstance(x, torch.Tensor) or (callable(x) and _captures_tensor(x, depth + 1)):
+                return True
+    return False
+
+
 class FastxfMask:
     """Compact attention mask handed from `fastxf_mask` to `fastxf_attention`.
 
@@ -145,19 +159,32 @@ class FastxfMask:
         a = self.hf_args
         return (a["batch_size"], 1, a["q_length"], a["kv_length"])
 
-    def dense_bool(self) -> torch.Tensor:
-        """The (B, 1, Sq, Sk) bool mask HF's sdpa path would use (True = attend)."""
+    def dense_bool(self, like: torch.Tensor | None = None) -> torch.Tensor:
+        """The (B, 1, Sq, Sk) bool mask HF's sdpa path would use (True = attend).
+
+        `like`: the query of the call that needs it. Without key padding nothing in
+        the mask records which micro-batch or device it is used on, so the batch
+        size and device are taken from the query (with key padding they match it)."""
         args = dict(self.hf_args)
+        if like is not None:
+            if like.shape[0] != args["batch_size"] and _captures_tensor(args["mask_function"]):
+                # A micro-batch (fastxf.placement) of a mask whose pattern comes from
+                # per-sequence tensors (e.g. packed sequences): its rows are not ours.
+                raise ValueError(
+                    f"fastxf attention: the mask function of this {args['batch_size']}-row batch reads per-sequence "
+                    f"tensors and cannot be applied to a {like.shape[0]}-row micro-batch; use micro_batches=1"
+                )
+            args.update(batch_size=like.shape[0], device=like.device)
         args.update(allow_is_causal_skip=False, allow_is_bidirectional_skip=False)
         mask = _mask_utils().sdpa_mask(**args)
         if mask is None:  # cannot happen with both skips off; keep the contract anyway
-            a = self.hf_args
+            a = args
             mask = torch.ones(a["batch_size"], 1, a["q_length"], a["kv_length"], dtype=torch.bool, device=a["device"])
         return mask
 
-    def dense_additive(self, dtype: torch.dtype) -> torch.Tensor:
+    def dense_additive(self, dtype: torch.dtype, like: torch.Tensor | None = None) -> torch.Tensor:
         """The additive float mask HF's eager path would use (0 or finfo.min)."""
-        mask = self.dense_bool()
+        mask = self.dense_bool(like)
         return torch.where(mask, torch.zeros((), device=mask.device, dtype=dtype), torch.finfo(dtype).min)
 
     def __repr__(self):
@@ -165,6 +192,39 @@ class FastxfMask:
             f"FastxfMask(causal={self.causal}, window={self.window}, padding={self.key_padding is not None}, "
             f"exact={self.reason is None})"
         )
+
+
+# FastxfMask is a pytree node: its tensors (key padding, query offset, the 2-D
+# attention mask kept for the dense fallback) are its children, everything else
+# the node's context. Whatever maps tensors over a layer's inputs with pytree
+# (fastxf.placement moving them to a stage's device, or slicing them into
+# micro-batches) therefore rebuilds the mask around the mapped tensors, and the
+# rebuilt mask's batch size and device follow its tensors.
+_MASK_HF_CHILDREN = ("attention_mask", "q_offset")
+
+
+def _mask_flatten(mask: FastxfMask):
+    children = [mask.key_padding, mask.q_offset_keys] + [mask.hf_args.get(k) for k in _MASK_HF_CHILDREN]
+    rest = {k: v for k, v in mask.hf_args.items() if k not in _MASK_HF_CHILDREN}
+    return children, (rest, mask.causal, mask.window, mask.reason)
+
+
+def _mask_unflatten(children, context) -> FastxfMask:
+    key_padding, q_offset_keys, attention_mask, q_offset = children
+    rest, causal, window, reason = context
+    hf_args = dict(rest, attention_mask=attention_mask, q_offset=q_offset)
+    batch_major = [t for t in (key_padding, attention_mask) if isinstance(t, torch.Tensor) and t.dim() == 2]
+    if batch_major:
+        hf_args["batch_size"] = batch_major[0].shape[0]
+    tensors = [t for t in children if isinstance(t, torch.Tensor)]
+    if tensors:
+        hf_args["device"] = tensors[0].device
+    return FastxfMask(hf_args, key_padding, q_offset_keys, causal, window, reason)
+
+
+torch.utils._pytree.register_pytree_node(
+    FastxfMask, _mask_flatten, _mask_unflatten, serialized_type_name="fastxf.models.attention.FastxfMask"
+)
 
 
 def fastxf_mask(
@@ -231,9 +291,9 @@ def _hf_fallback(module, query, key, value, mask, *, prefer_eager: bool, **kwarg
     eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
     if isinstance(mask, FastxfMask):
         if eager is not None and prefer_eager:
-            dense = mask.dense_additive(query.dtype)
+            dense = mask.dense_additive(query.dtype, like=query)
         else:
-            dense = mask.dense_bool()
+            dense = mask.dense_bool(like=query)
     else:
         dense = mask
     if eager is not None and (prefer_eager or kwargs.get("softcap") is not None):

@@ -60,8 +60,10 @@ def discover(model: nn.Module) -> ModelParts:
             final_norm = children[n]
             break
     if final_norm is None:
-        # Fall back to the last child of the owner whose class looks like a norm.
-        norms = [m for n, m in children.items() if "norm" in type(m).__name__.lower() and m is not layers]
+        # Fall back to the last child of the owner whose class looks like a norm, but not
+        # one named for the embeddings (BART's layernorm_embedding runs before the layers).
+        norms = [m for n, m in children.items()
+                 if "norm" in type(m).__name__.lower() and m is not layers and "embed" not in n]
         final_norm = norms[-1] if norms else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     tied = False

@@ -8,12 +8,15 @@ How it hooks in (all on the one model instance, all undone by remove_placement):
   reused by the following layers of that stage;
 - the final norm and the head get the same pre-hook; the outermost model gets
   one that moves its inputs to the first device;
-- with micro_batches > 1, layer 0's forward is replaced by the pipeline: it
-  splits the batch into chunks and runs all layers on all chunks in wavefront
-  order (stage s on chunk c while stage s+1 on chunk c-1), then layers 1..L-1
-  pass the result through for that one call. The HF model's own code still
-  builds the embeddings, mask and rotary tables before the layers and runs the
-  final norm and head after them.
+- with micro_batches > 1, the layers' forwards are replaced: while the HF
+  model's loop calls them, layers 0..L-2 only record their arguments (each
+  layer its own: masks may differ per layer type) and pass the hidden states
+  on; the last layer's call splits the batch into chunks and runs all layers on
+  all chunks in wavefront order (stage s on chunk c while stage s+1 on chunk
+  c-1). The HF model's own code still builds the embeddings, masks and rotary
+  tables before the layers and runs the final norm and head after them.
+- per-call objects (the compact attention mask, rotary cos/sin, ...) are split
+  and moved by one pytree walk (see _map_tensors).
 
 KV caches: HF caches create a layer's tensors lazily from the keys that layer
 computes, so they are born on the layer's device. With micro-batches each chunk
@@ -26,9 +29,11 @@ full-batch cache that generate() expects."""
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 from ._discover import ModelParts, discover
@@ -47,7 +52,7 @@ class _State:
     handles: list = field(default_factory=list)
     saved_forwards: list = field(default_factory=list)  # (module, had_instance_forward, old)
     memo: dict = field(default_factory=dict)
-    skip: int = 0
+    recorded: list | None = None  # (args, kwargs) of each layer's call while a batch is being deferred
     in_runner: bool = False
     tuple_out: bool = False
     streams: list = field(default_factory=list)
@@ -57,29 +62,109 @@ class _State:
         return self.devices[0]
 
 
+# How per-call objects travel. Everything a layer receives (hidden states, the
+# attention mask, rotary cos/sin, position ids, cache positions, ...) is walked as
+# a torch pytree: containers (tuple, list, dict, namedtuple, ...) and objects that
+# register themselves as pytree nodes (fastxf's compact attention mask, whatever a
+# future feature adds) are taken apart, their tensors mapped (moved to a stage's
+# device, or sliced to a micro-batch) and the objects rebuilt around the results.
+# One walk for moving and for splitting, so an object is never moved but not
+# split or the other way round. Caches and modules are handed over as they are
+# (caches live with their layers; _ChunkedCache splits them). An object that is
+# not a registered node but holds tensors that would need moving or slicing
+# raises, instead of silently reaching a layer on the wrong device or batch.
+
+
+@functools.cache
+def _cache_class():
+    try:
+        from transformers.cache_utils import Cache
+    except ImportError:  # placement without transformers: no HF caches to recognise
+        return None
+    return Cache
+
+
+def _is_cache(x) -> bool:
+    cache_cls = _cache_class()
+    return cache_cls is not None and isinstance(x, cache_cls)
+
+
+def _opaque(x) -> bool:
+    """Leaves the walk must not open even if someone registered them as pytree nodes."""
+    return isinstance(x, nn.Module) or _is_cache(x)
+
+
+_SCALARS = (type(None), bool, int, float, str, torch.dtype, torch.device)
+
+
 def _map_tensors(obj, fn):
+    """obj with every tensor t inside it replaced by fn(t) (see above).
+
+    Plain tuples, lists and dicts are walked here directly (this runs for every
+    layer call: a full pytree flatten costs several times more); every other
+    pytree node (registered classes, namedtuples) is opened one level with
+    torch's pytree and rebuilt with its own unflatten."""
+    t = type(obj)
     if isinstance(obj, torch.Tensor):
         return fn(obj)
-    if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+    if t in _SCALARS:
+        return obj
+    if t is tuple:
         return tuple(_map_tensors(o, fn) for o in obj)
-    if isinstance(obj, list):
+    if t is list:
         return [_map_tensors(o, fn) for o in obj]
-    if isinstance(obj, dict):
+    if t is dict:
         return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if _opaque(obj):
+        return obj
+    if t in pytree.SUPPORTED_NODES or pytree.is_namedtuple_instance(obj):
+        children, spec = pytree.tree_flatten(obj, is_leaf=lambda x: x is not obj)
+        return pytree.tree_unflatten([_map_tensors(c, fn) for c in children], spec)
+    if getattr(obj, "__dict__", None) and not callable(obj):
+        _refuse_hidden_tensors(obj, fn)
     return obj
+
+
+def _refuse_hidden_tensors(x, fn):
+    for name, v in vars(x).items():
+        if isinstance(v, torch.Tensor) and fn(v) is not v:
+            raise ValueError(
+                f"placement: a layer's argument is a {type(x).__name__} whose tensor {name!r} would have to be "
+                "moved to the layer's device or split per micro-batch, but fastxf cannot see inside that type; "
+                "register it as a pytree node (torch.utils._pytree.register_pytree_node) so its tensors "
+                "travel like the others")
+
+
+# Device operations, in one place (tests substitute fake devices here to check,
+# without several GPUs, that every tensor reaches the device of the layer using it).
+
+
+def _is_on(t: torch.Tensor, device) -> bool:
+    return t.device == device
+
+
+def _copy_to(t: torch.Tensor, device) -> torch.Tensor:
+    # Asynchronous only towards a GPU: a non-blocking GPU->CPU copy could be read
+    # by the CPU before it lands.
+    return t.to(device, non_blocking=device.type == "cuda")
+
+
+def _module_to(module: nn.Module, device, recurse: bool = True) -> None:
+    if recurse:
+        module.to(device)
+    else:
+        module._apply(lambda t: t.to(device), recurse=False)
 
 
 def _mover(state: _State, device: torch.device):
     def move(t):
-        if t.device == device:
+        if _is_on(t, device):
             return t
         key = (id(t), device)
         hit = state.memo.get(key)
         if hit is not None and hit[0] is t:
             return hit[1]
-        # Asynchronous only towards a GPU: a non-blocking GPU->CPU copy could be read
-        # by the CPU before it lands.
-        moved = t.to(device, non_blocking=device.type == "cuda")
+        moved = _copy_to(t, device)
         state.memo[key] = (t, moved)  # keeps `t` alive so its id is not reused within this forward
         return moved
     return move
@@ -136,19 +221,19 @@ def place_model(model: nn.Module, devices, placement=None, micro_batches: int = 
     units = {id(m) for m in parts.layers}
     for s, (a, b) in enumerate(bounds):
         for i in range(a, b):
-            parts.layers[i].to(devs[s])
+            _module_to(parts.layers[i], devs[s])
     if parts.final_norm is not None:
         units.add(id(parts.final_norm))
-        parts.final_norm.to(devs[-1])
+        _module_to(parts.final_norm, devs[-1])
     if parts.head is not None:
         units.add(id(parts.head))
-        parts.head.to(devs[0] if parts.tied else devs[-1])
+        _module_to(parts.head, devs[0] if parts.tied else devs[-1])
     units.add(id(parts.layers))
 
     def rest(mod):
         if id(mod) in units:
             return
-        mod._apply(lambda t: t.to(devs[0]), recurse=False)
+        _module_to(mod, devs[0], recurse=False)
         for child in mod.children():
             rest(child)
 
@@ -158,8 +243,8 @@ def place_model(model: nn.Module, devices, placement=None, micro_batches: int = 
         mv = _mover(state, device)
 
         def hook(module, args, kwargs):
-            if state.skip > 0 or state.in_runner:
-                return None  # pass-through call, or the pipeline placed the chunk's inputs already
+            if state.recorded is not None or state.in_runner:
+                return None  # a call being recorded, or the pipeline placed the chunk's inputs already
             return _map_tensors(args, mv), _map_tensors(kwargs, mv)
         return hook
 
@@ -182,16 +267,16 @@ def place_model(model: nn.Module, devices, placement=None, micro_batches: int = 
                     raise ValueError(f"{flag}=True is not supported with micro_batches={state.micro_batches} "
                                      "(per-layer outputs would be captured per chunk); place with micro_batches=1")
         state.memo.clear()
-        state.skip = 0
+        state.recorded = None
         return _map_tensors(args, first_mv), _map_tensors(kwargs, first_mv)
 
     def owner_pre(module, args, kwargs):
         state.memo.clear()
-        state.skip = 0
+        state.recorded = None
 
     def owner_post(module, args, kwargs, output):
         state.memo.clear()  # drop the copies made for this forward
-        state.skip = 0
+        state.recorded = None
 
     state.handles.append(model.register_forward_pre_hook(top_hook, with_kwargs=True))
     if parts.owner is not model:
@@ -223,7 +308,7 @@ def remove_placement(model: nn.Module) -> nn.Module:
             layer.forward = old
         else:
             del layer.forward
-    model.to(state.first)
+    _module_to(model, state.first)
     delattr(model, _ATTR)
     return model
 
@@ -240,21 +325,42 @@ def placement_of(model: nn.Module):
 # micro-batch pipeline
 
 
+def _hidden_of(args, kwargs):
+    return args[0] if args else kwargs.get("hidden_states")
+
+
 def _make_layer_forward(state: _State, index: int, orig):
+    """Layer `index`'s forward while micro-batching.
+
+    The HF model's loop calls the layers one after the other, each with its own
+    arguments (Gemma 2 gives sliding-window layers another mask than full-attention
+    layers; other models may differ per layer too). So the calls are recorded, not
+    run: layers 0..L-2 return their input hidden states unchanged (the loop only
+    passes them on), and the last layer's call runs the whole pipeline with every
+    layer's own recorded arguments and returns the real result."""
+    n_layers = len(state.parts.layers)
+
     def forward(*args, **kwargs):
         if state.in_runner:
             return orig(*args, **kwargs)
-        if state.skip > 0:
-            state.skip -= 1
-            h = args[0] if args else kwargs["hidden_states"]
-            return (h,) if state.tuple_out else h
         if index == 0:
-            h = args[0] if args else kwargs.get("hidden_states")
-            if isinstance(h, torch.Tensor) and h.dim() >= 2 and h.shape[0] > 1:
-                out = _run_pipeline(state, args, kwargs)
-                state.skip = len(state.parts.layers) - 1
-                return out
-        return orig(*args, **kwargs)
+            state.recorded = None
+            h = _hidden_of(args, kwargs)
+            if not (isinstance(h, torch.Tensor) and h.dim() >= 2 and h.shape[0] > 1):
+                return orig(*args, **kwargs)  # nothing to split: the layers run one by one as usual
+            state.recorded = []
+        if state.recorded is None:
+            return orig(*args, **kwargs)
+        if len(state.recorded) != index:
+            state.recorded = None
+            raise RuntimeError(f"placement: decoder layer {index} was called out of order (micro-batching needs the "
+                               f"model to call its {n_layers} layers once each, in order)")
+        state.recorded.append((args, kwargs))
+        if index == n_layers - 1:
+            calls, state.recorded = state.recorded, None
+            return _run_pipeline(state, calls)
+        h = _hidden_of(args, kwargs)
+        return (h,) if state.tuple_out else h
     return forward
 
 
@@ -268,6 +374,43 @@ def _find_cache(args, kwargs):
         if isinstance(v, Cache):
             return ("arg", i), v
     return None, None
+
+
+def _chunk_cache(cache, bounds, n_layers):
+    """Per-chunk views of a full-batch cache: _ChunkedCache, or for an encoder-decoder
+    cache (self-attention + cross-attention caches) one for each part."""
+    if hasattr(cache, "self_attention_cache") and hasattr(cache, "cross_attention_cache"):
+        return _ChunkedEncoderDecoderCache(cache, bounds, n_layers)
+    return _ChunkedCache(cache, bounds, n_layers)
+
+
+class _ChunkedEncoderDecoderCache:
+    """EncoderDecoderCache: its two caches chunked separately; each chunk also gets its
+    own copy of `is_updated` (layer j's cross-attention keys are computed on the first
+    step, then reused), merged back like the tensors."""
+
+    def __init__(self, cache, bounds, n_layers):
+        self.cache = cache
+        self.parts = [_chunk_cache(cache.self_attention_cache, bounds, n_layers),
+                      _chunk_cache(cache.cross_attention_cache, bounds, n_layers)]
+        self.chunks = []
+        for c in range(len(bounds)):
+            sub = copy.copy(cache)
+            sub.self_attention_cache = self.parts[0].chunks[c]
+            sub.cross_attention_cache = self.parts[1].chunks[c]
+            if isinstance(getattr(cache, "is_updated", None), dict):
+                sub.is_updated = dict(cache.is_updated)
+            self.chunks.append(sub)
+
+    def record_stream(self, j, stream):
+        for part in self.parts:
+            part.record_stream(j, stream)
+
+    def merge(self, j):
+        for part in self.parts:
+            part.merge(j)
+        if isinstance(getattr(self.cache, "is_updated", None), dict) and j in self.chunks[-1].is_updated:
+            self.cache.is_updated[j] = self.chunks[-1].is_updated[j]  # the same for every chunk
 
 
 class _ChunkedCache:
@@ -345,51 +488,65 @@ def _chunk_bounds(B, n):
     return out
 
 
-def _run_pipeline(state: _State, args, kwargs):
+def _run_pipeline(state: _State, calls):
+    """Runs every layer on every chunk; calls[j] = (args, kwargs) of layer j's call."""
     layers = state.parts.layers
     L = len(layers)
-    hidden = args[0] if args else kwargs["hidden_states"]
+    hidden = _hidden_of(*calls[0])
     B = hidden.shape[0]
     bounds = _chunk_bounds(B, state.micro_batches)
     n = len(bounds)
     S = len(state.devices)
-    where, cache = _find_cache(args, kwargs)
-    chunked = _ChunkedCache(cache, bounds, L) if cache is not None else None
+    cache = next((c for c in (_find_cache(*call)[1] for call in calls) if c is not None), None)
+    chunked = _chunk_cache(cache, bounds, L) if cache is not None else None
 
-    def split(obj, b0, b1):
-        # Batch-major tensors (rank >= 2 with the batch as leading dim) are sliced;
-        # 1-D tensors such as cache positions and broadcast (leading dim 1) tensors are shared.
-        return _map_tensors(obj, lambda t: t[b0:b1] if t.dim() >= 2 and t.shape[0] == B else t)
+    # Batch-major tensors (rank >= 2 with the batch as leading dim) are sliced; 1-D
+    # tensors such as cache positions and broadcast (leading dim 1) tensors are
+    # shared. One slice per tensor and chunk, shared by the layers that get the same
+    # tensor (so it crosses to each device once).
+    slices = {}
 
-    rest_args = args[1:] if args else ()
-    rest_kwargs = {k: v for k, v in kwargs.items() if k != "hidden_states"}
+    def splitter(c):
+        b0, b1 = bounds[c]
+
+        def split(t):
+            if t.dim() < 2 or t.shape[0] != B:
+                return t
+            key = (id(t), c)
+            if key not in slices:
+                slices[key] = t[b0:b1]
+            return slices[key]
+        return split
+
+    # chunk_in[c][j]: layer j's arguments for chunk c (without the hidden states),
+    # split and on layer j's device.
+    movers = {dev: _mover(state, dev) for dev in state.devices}
     chunk_in = []
-    for c, (b0, b1) in enumerate(bounds):
-        a = split(rest_args, b0, b1)
-        kw = split(rest_kwargs, b0, b1)
-        if chunked is not None:
-            if where[0] == "kw":
-                kw[where[1]] = chunked.chunks[c]
-            else:
-                a = list(a)
-                a[where[1] - 1] = chunked.chunks[c]
-                a = tuple(a)
-        chunk_in.append((a, kw))
+    for c in range(n):
+        split = splitter(c)
+        per_layer = []
+        for j, (args, kwargs) in enumerate(calls):
+            where, _ = _find_cache(args, kwargs)
+            a = _map_tensors(args[1:] if args else (), split)
+            kw = _map_tensors({k: v for k, v in kwargs.items() if k != "hidden_states"}, split)
+            if where is not None and chunked is not None:
+                if where[0] == "kw":
+                    kw[where[1]] = chunked.chunks[c]
+                else:
+                    a = list(a)
+                    a[where[1] - 1] = chunked.chunks[c]
+                    a = tuple(a)
+            mv = movers[state.layer_device[j]]
+            per_layer.append((_map_tensors(a, mv), _map_tensors(kw, mv)))
+        chunk_in.append(per_layer)
+    hs = [hidden[b0:b1] for b0, b1 in bounds]
 
     streams = state.streams
     cuda = bool(streams)
-    # Inputs of every chunk on every stage device, copied up front on the current
-    # streams (they are small: masks, cos/sin, position ids); the stage streams
-    # wait for those copies once, below.
-    placed = {}
-    for s, dev in enumerate(state.devices):
-        mv = _mover(state, dev)
-        for c in range(n):
-            if (c, dev) not in placed:
-                placed[(c, dev)] = (_map_tensors(chunk_in[c][0], mv), _map_tensors(chunk_in[c][1], mv))
-    hs = [hidden[b0:b1] for b0, b1 in bounds]
-
     if cuda:
+        # Every chunk's inputs were copied to every stage device up front on the
+        # current streams (they are small: masks, cos/sin, position ids); the stage
+        # streams wait for those copies once, here.
         for s, dev in enumerate(state.devices):
             st = streams[s]
             if st is None:
@@ -403,7 +560,8 @@ def _run_pipeline(state: _State, args, kwargs):
                     t.record_stream(st)
                 return t
             for c in range(n):
-                _map_tensors(placed[(c, dev)], rec)
+                for j in range(*state.bounds[s]):
+                    _map_tensors(chunk_in[c][j], rec)
             if s == 0:
                 hidden.record_stream(st)
             if chunked is not None:
@@ -429,8 +587,8 @@ def _run_pipeline(state: _State, args, kwargs):
                     if st is not None and s > 0 and events[s - 1][c] is not None:
                         st.wait_event(events[s - 1][c])
                     h = hs[c]
-                    a, kw = placed[(c, dev)]
                     for j in range(*state.bounds[s]):
+                        a, kw = chunk_in[c][j]
                         out = layers[j](h, *a, **kw)
                         if isinstance(out, tuple):
                             state.tuple_out = True
@@ -442,7 +600,7 @@ def _run_pipeline(state: _State, args, kwargs):
                             chunked.merge(j)
                     if s + 1 < S:
                         nxt = state.devices[s + 1]
-                        h = h.to(nxt, non_blocking=nxt.type == "cuda")
+                        h = _copy_to(h, nxt)
                         if cuda and streams[s + 1] is not None and h.is_cuda:
                             h.record_stream(streams[s + 1])
                     hs[c] = h
