@@ -253,3 +253,96 @@ def test_accelerate_style_instance_forward_is_left_alone():
 
 def test_registry_is_exact_class():
     assert adapters.family_of(torch.nn.Linear(2, 2)) is None
+
+
+def test_olmo_norm_eps_found_by_probing():
+    cfg = transformers.AutoConfig.for_model(
+        "olmo", hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=128, max_position_embeddings=128, pad_token_id=0,
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.OlmoForCausalLM(cfg).eval()
+    reference = copy.deepcopy(model)
+    fastxf.optimize(model)
+    report = fastxf.explain(model)
+    assert not report["norms"]["kept"], report["norms"]["kept"]
+    replaced = report["norms"]["replaced"]
+    assert len(replaced) == 2 * 2 + 1 and all(r["eps_probed"] == 1e-5 and r["kind"] == "layer_norm" for r in replaced)
+    ids, mask = batch("left")
+    with torch.no_grad():
+        got = model(input_ids=ids, attention_mask=mask).logits
+        want = reference(input_ids=ids, attention_mask=mask).logits
+    assert rel_err(got[mask.bool()], want[mask.bool()]) < REL_TOL
+    fastxf.revert(model)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, want)
+
+
+class LiteralEpsNorm(torch.nn.Module):
+    """Parameter-free norm with its eps in the forward, as OLMo v1 does."""
+
+    def __init__(self, size, eps, rms=False):
+        super().__init__()
+        self.normalized_shape, self.literal, self.rms = (size,), eps, rms
+
+    def forward(self, x):
+        if self.rms:
+            return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.literal)
+        return torch.nn.functional.layer_norm(x, self.normalized_shape, None, None, eps=self.literal)
+
+
+@pytest.mark.parametrize("eps,rms,found", [(1e-6, True, 1e-6), (1e-12, False, 1e-12), (3e-5, False, None)])
+def test_norm_eps_probing(eps, rms, found):
+    from fastxf.models import norms
+
+    rep, why = norms.replacement_for(LiteralEpsNorm(48, eps, rms))
+    if found is None:  # 3e-5 is no candidate: kept, and the reason says what was tried
+        assert rep is None and "no candidate eps" in why, why
+    else:
+        assert rep is not None and rep.fastxf_eps == found and rep.fastxf_kind == ("rms_norm" if rms else "layer_norm")
+
+
+_ENC = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=128,
+            max_position_embeddings=64)
+ENCODERS = {
+    "rembert": ("RemBertModel", dict(_ENC, input_embedding_size=32, output_embedding_size=32)),
+    "megatron-bert": ("MegatronBertModel", _ENC),
+    "tapas": ("TapasModel", _ENC),
+    "visual_bert": ("VisualBertModel", dict(_ENC, visual_embedding_dim=16)),
+    "vilt": ("ViltModel", dict(_ENC, image_size=32, patch_size=8, max_image_length=-1)),
+}
+
+
+@pytest.mark.parametrize("model_type", list(ENCODERS))
+def test_bert_style_encoders(model_type):
+    cls, kwargs = ENCODERS[model_type]
+    cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = getattr(transformers, cls)(cfg).eval()
+    reference = copy.deepcopy(model)
+    fastxf.optimize(model)
+    assert fastxf.explain(model)["attention"]["attention_modules"] == 2
+    ids, mask = batch("right")
+    inputs = dict(input_ids=ids, attention_mask=mask)
+    valid = mask.bool()
+    if model_type == "vilt":  # text tokens, then image patches (all real)
+        inputs.update(pixel_values=torch.randn(3, 3, 32, 32), pixel_mask=torch.ones(3, 32, 32, dtype=torch.long))
+    calls, fb = fx_attention.CALLS["fastxf"], fallbacks()
+    with torch.no_grad():
+        torch.manual_seed(3)  # ViLT samples image patches
+        got = model(**inputs).last_hidden_state
+        torch.manual_seed(3)
+        want = reference(**inputs).last_hidden_state
+        valid = torch.cat([valid, torch.ones(3, got.shape[1] - valid.shape[1], dtype=torch.bool)], 1)
+        assert fx_attention.CALLS["fastxf"] == calls + 2 and fallbacks() == fb, fallbacks()
+        assert rel_err(got[valid], want[valid]) < REL_TOL
+        n = sum(fallbacks().values())  # output_attentions arrives by keyword or by position, per class
+        torch.manual_seed(3)
+        out = model(**inputs, output_attentions=True)
+        assert sum(fallbacks().values()) == n + 2 and out.attentions[0] is not None
+    fastxf.revert(model)
+    with torch.no_grad():
+        torch.manual_seed(3)
+        assert torch.equal(model(**inputs).last_hidden_state, want)

@@ -185,6 +185,8 @@ def _rewrite_norms(model: nn.Module, state: _State) -> dict:
         setattr(parent, name, rep)
         state.norms.append((parent, name, child, rep))
         replaced.append({"name": full, "class": type(child).__name__, "kind": rep.fastxf_kind})
+        if getattr(rep, "fastxf_eps_probed", False):  # eps not stored on the module: found by probing
+            replaced[-1]["eps_probed"] = rep.fastxf_eps
     return {"replaced": replaced, "kept": kept}
 
 

@@ -80,8 +80,11 @@ def _analyse(mask, to_visible) -> Compact | str:
         return f"mask of shape {tuple(mask.shape)} (per-head masks)"
     vis = vis[:, 0]
     b, sq, sk = vis.shape
-    # A key no query sees is padding (or an unfilled static-cache slot).
     key_padding = vis.any(dim=1)
+    if sq == 1:  # (B, 1, 1, Sk), BERT's extended mask: key padding only, whatever the query count
+        all_keys = bool(key_padding.all())
+        return Compact(False, None if all_keys else key_padding.contiguous(), None, _one_run(key_padding))
+    # A key no query sees is padding (or an unfilled static-cache slot).
     i = torch.arange(sq, device=vis.device)[:, None]
     j = torch.arange(sk, device=vis.device)[None, :]
     # Candidates: bottom-right causal (no cache / dynamic cache), causal with the
@@ -94,17 +97,21 @@ def _analyse(mask, to_visible) -> Compact | str:
     for causal, off in candidates:
         rule = (j <= i + off) if causal else torch.ones(sq, sk, dtype=torch.bool, device=vis.device)
         if torch.equal(key_padding[:, None, :] & rule, vis):
-            # Contiguous: attended keys of each sequence are one run. Models whose
-            # ALiBi positions count only real tokens (BLOOM, Falcon) need that.
-            kp = key_padding.long()
-            runs = (kp[:, 1:] > kp[:, :-1]).sum(1) + kp[:, 0]
-            contiguous = bool((runs <= 1).all())
+            contiguous = _one_run(key_padding)
             all_keys = bool(key_padding.all())
             q_offset = None
             if causal and off != sk - sq:
                 q_offset = torch.tensor(off, dtype=torch.long, device=vis.device)
             return Compact(causal, None if all_keys else key_padding.contiguous(), q_offset, contiguous)
     return "mask pattern is not causal / bidirectional + key padding (custom 4-D mask)"
+
+
+def _one_run(key_padding: torch.Tensor) -> bool:
+    """Whether each sequence's attended keys form one contiguous run. Models whose
+    ALiBi positions count only real tokens (BLOOM, Falcon) need that."""
+    kp = key_padding.long()
+    runs = (kp[:, 1:] > kp[:, :-1]).sum(1) + kp[:, 0]
+    return bool((runs <= 1).all())
 
 
 def install_forward(module: torch.nn.Module, forward) -> None:
