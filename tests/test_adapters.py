@@ -311,11 +311,12 @@ ENCODERS = {
     "tapas": ("TapasModel", _ENC),
     "visual_bert": ("VisualBertModel", dict(_ENC, visual_embedding_dim=16)),
     "vilt": ("ViltModel", dict(_ENC, image_size=32, patch_size=8, max_image_length=-1)),
+    "roformer": ("RoFormerModel", dict(_ENC, embedding_size=64, rotary_value=True)),
 }
 
 
 @pytest.mark.parametrize("model_type", list(ENCODERS))
-def test_bert_style_encoders(model_type):
+def test_bert_style_encoders(model_type):  # and RoFormer (rotary, here on values too)
     cls, kwargs = ENCODERS[model_type]
     cfg = transformers.AutoConfig.for_model(model_type, **kwargs)
     cfg._attn_implementation = "eager"

@@ -154,6 +154,9 @@ ARCHS: list[Arch] = [
     Arch("TAPAS", "tapas", "TapasModel", "encoder",
          dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=128,
               max_position_embeddings=64), attention=FASTXF_ADAPTER),
+    Arch("RoFormer", "roformer", "RoFormerModel", "encoder",
+         dict(hidden_size=64, embedding_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+              vocab_size=128, max_position_embeddings=64), attention=FASTXF_ADAPTER, notes="rotary, BERT-style"),
     # Norms without an eps attribute: eps found by probing (fastxf.models.adapters.norm_eps).
     Arch("OLMo", "olmo", "OlmoForCausalLM", "causal_lm", dict(_DEC, num_key_value_heads=2, pad_token_id=0), **_SMALL,
          notes="parameter-free LayerNorm, eps 1e-5 found by probing"),

@@ -60,9 +60,17 @@ def forward(module, original, hidden_states, attention_mask=None, *args, **kwarg
         compact = _common.analyse(attention_mask, _visible, "additive")
         if isinstance(compact, str):
             return fallback(compact)
+    return self_attention(module, hidden_states, attention_mask, compact)
+
+
+def self_attention(module, hidden_states, attention_mask, compact, rotate=None):
+    """The kernel call shared with RoFormer; `rotate(q, k, v)` applies rotary embeddings."""
     batch, q_len = hidden_states.shape[:2]
     shape = (batch, q_len, -1, module.attention_head_size)
     query, key, value = (p(hidden_states).view(shape).transpose(1, 2) for p in (module.query, module.key, module.value))
+    if rotate is not None:
+        query, key, value = rotate(query, key, value)
+        query, key, value = (_common.contiguous_last(t) for t in (query, key, value))
     _common.check_key_length(attention_mask, key, FAMILY)
     _common.count("fastxf")
     out = fx_attention_op(
