@@ -41,6 +41,9 @@ CASES = {
     "gpt_neo": ("gpt_neo", "GPTNeoForCausalLM",
                 dict(hidden_size=64, num_layers=2, num_heads=4, vocab_size=128, max_position_embeddings=128,
                      attention_types=[[["global", "local"], 1]], window_size=4, bos_token_id=1, eos_token_id=2)),
+    "xglm": ("xglm", "XGLMForCausalLM",
+             dict(d_model=64, num_layers=2, attention_heads=4, ffn_dim=128, vocab_size=128, max_position_embeddings=64,
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2)),
 }
 
 
@@ -141,7 +144,7 @@ def test_falcon_alibi_follows_the_configured_implementation(attn):
     assert rel_err(got[valid], want[valid]) < REL_TOL
 
 
-@pytest.mark.parametrize("case", ["bloom", "falcon-mqa", "mpt", "gpt_neo"])
+@pytest.mark.parametrize("case", ["bloom", "falcon-mqa", "mpt", "gpt_neo", "xglm"])
 def test_output_attentions_falls_back(case):
     model, reference = pair(case)
     ids, mask = batch("left")
@@ -347,3 +350,39 @@ def test_bert_style_encoders(model_type):  # and RoFormer (rotary, here on value
     with torch.no_grad():
         torch.manual_seed(3)
         assert torch.equal(model(**inputs).last_hidden_state, want)
+
+
+@pytest.mark.parametrize("sub", ["semantic", "fine"])
+def test_bark(sub):
+    # Bark's sub-models: causal (semantic, also coarse) and bidirectional (fine).
+    from transformers.models.bark import configuration_bark, modeling_bark
+
+    kwargs = dict(hidden_size=64, num_layers=2, num_heads=4, input_vocab_size=128, output_vocab_size=128, block_size=64)
+    cfg_cls, cls = {
+        "semantic": (configuration_bark.BarkSemanticConfig, modeling_bark.BarkCausalModel),
+        "fine": (configuration_bark.BarkFineConfig, modeling_bark.BarkFineModel),
+    }[sub]
+    cfg = cfg_cls(**kwargs)
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = cls(cfg).eval()
+    reference = copy.deepcopy(model)
+    fastxf.optimize(model)
+    for padding in ("left", "right"):
+        ids, mask = batch(padding)
+        inputs = dict(input_ids=ids, attention_mask=mask)
+        if sub == "fine":
+            codes = torch.randint(4, 128, (*ids.shape, cfg.n_codes_total), generator=torch.Generator().manual_seed(2))
+            inputs = dict(codebook_idx=2, input_ids=codes, attention_mask=mask)
+        calls, fb = fx_attention.CALLS["fastxf"], fallbacks()
+        with torch.no_grad():
+            got, want = model(**inputs).logits, reference(**inputs).logits
+        assert fx_attention.CALLS["fastxf"] == calls + 2 and fallbacks() == fb, fallbacks()
+        assert rel_err(got[mask.bool()], want[mask.bool()]) < REL_TOL
+    if sub == "semantic":
+        ids, mask = batch("left")
+        common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert torch.equal(model.generate(**common), reference.generate(**common))
+    fastxf.revert(model)
+    with torch.no_grad():
+        assert torch.equal(model(**inputs).logits, want)
