@@ -386,3 +386,16 @@ def test_bark(sub):
     fastxf.revert(model)
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, want)
+
+
+def test_alibi_modules_stay_on_hf_where_the_kernel_lacks_alibi(monkeypatch):
+    # As on CUDA today: the probe's verdict is cached per (device, dtype); fake a refusal.
+    monkeypatch.setitem(_common._ALIBI_OK, ("cpu", torch.float32), "no ALiBi here (simulated)")
+    for case in ("bloom", "mpt", "falcon-alibi"):
+        model = build(case)
+        fastxf.optimize(model)
+        report = fastxf.explain(model)["attention"]
+        assert report["status"] == "kept" and "simulated" in report["reason"], report
+    model = build("falcon-mqa")  # rotary Falcon does not need ALiBi
+    fastxf.optimize(model)
+    assert fastxf.explain(model)["attention"]["status"] == "rewritten"

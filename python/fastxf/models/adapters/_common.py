@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ...ops import attention as fx_attention_op
 from .. import attention as fx_attention
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -34,6 +35,12 @@ class Compact:
     key_padding: torch.Tensor | None  # (B, Sk) bool, True = attend; None = no padding
     q_offset: torch.Tensor | None  # key index of query 0 (long, ()); None = bottom-right (Sk - Sq)
     contiguous: bool  # every row's attended keys form one contiguous run (no holes)
+    rows: int = 0  # the mask's query rows: 1 for a broadcast (B, 1, 1, Sk) mask
+
+    def causal_for(self, q_len: int) -> bool:
+        """Causal rule for a call with q_len queries. A one-row mask carries no causal
+        rule; with one query (decode) bottom-right causal sees the same keys."""
+        return self.causal or (self.rows == 1 and q_len == 1)
 
 
 def count(key: str) -> None:
@@ -83,7 +90,7 @@ def _analyse(mask, to_visible) -> Compact | str:
     key_padding = vis.any(dim=1)
     if sq == 1:  # (B, 1, 1, Sk), BERT's extended mask: key padding only, whatever the query count
         all_keys = bool(key_padding.all())
-        return Compact(False, None if all_keys else key_padding.contiguous(), None, _one_run(key_padding))
+        return Compact(False, None if all_keys else key_padding.contiguous(), None, _one_run(key_padding), 1)
     # A key no query sees is padding (or an unfilled static-cache slot).
     i = torch.arange(sq, device=vis.device)[:, None]
     j = torch.arange(sk, device=vis.device)[None, :]
@@ -102,7 +109,7 @@ def _analyse(mask, to_visible) -> Compact | str:
             q_offset = None
             if causal and off != sk - sq:
                 q_offset = torch.tensor(off, dtype=torch.long, device=vis.device)
-            return Compact(causal, None if all_keys else key_padding.contiguous(), q_offset, contiguous)
+            return Compact(causal, None if all_keys else key_padding.contiguous(), q_offset, contiguous, sq)
     return "mask pattern is not causal / bidirectional + key padding (custom 4-D mask)"
 
 
@@ -180,3 +187,33 @@ def check_key_length(mask, key, family: str) -> None:
 
 def contiguous_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+_ALIBI_OK: dict = {}  # (device, dtype) -> None or why not
+
+
+def alibi_kernel_check(module: torch.nn.Module) -> str | None:
+    """None when fastxf's attention takes alibi_slopes on this module's device and
+    dtype (a tiny probe against the float64 reference, once per device/dtype),
+    else why not; e.g. the CUDA kernels do not take ALiBi yet. Used at optimize
+    time so such modules stay on HF instead of failing at run time."""
+    from ...ops import reference
+
+    p = next(module.parameters(), None)
+    if p is None:
+        return "module has no parameters"
+    key = (str(p.device), p.dtype)
+    if key not in _ALIBI_OK:
+        gen = torch.Generator(device="cpu").manual_seed(11)
+        q, k, v = (torch.randn(1, 2, 3, 8, generator=gen, dtype=torch.float64) for _ in range(3))
+        slopes = torch.tensor([0.5, 0.25])
+        try:
+            got = fx_attention_op(*(t.to(p.device, p.dtype) for t in (q, k, v)), causal=True,
+                                  alibi_slopes=slopes.to(p.device))
+            want = reference.attention(q, k, v, causal=True, alibi_slopes=slopes.double())
+            tol = 1e-4 if p.dtype == torch.float32 else 3e-2
+            ok = torch.allclose(got.double().cpu(), want, atol=tol, rtol=tol)
+            _ALIBI_OK[key] = None if ok else f"fastxf ALiBi attention probe mismatch on {p.device} {p.dtype}"
+        except Exception as e:
+            _ALIBI_OK[key] = f"fastxf attention does not take ALiBi on {p.device} {p.dtype}: {e}"
+    return _ALIBI_OK[key]

@@ -32,6 +32,9 @@ def slopes_for(module) -> torch.Tensor:
 
 
 def check(module) -> str | None:
+    why = _common.alibi_kernel_check(module)
+    if why is not None:
+        return why
     if getattr(module, "pretraining_tp", 1) > 1 and getattr(module, "slow_but_exact", False):
         return "pretraining_tp > 1 with slow_but_exact (HF slices the output projection)"
     return None
@@ -77,7 +80,7 @@ def forward(
         compact = _common.analyse(attention_mask, _mask_visible, "additive")
         if isinstance(compact, str):
             return fallback(compact)
-        if not compact.causal or not compact.contiguous:
+        if not compact.causal_for(q_len) or not compact.contiguous:
             return fallback("ALiBi with a non-causal or holed mask (BLOOM counts positions over real tokens)")
     elif q_len != 1:  # HF then attends to every key, later ones included: not ALiBi's |p - j|
         return fallback("no attention mask with several queries (HF attends bidirectionally)")

@@ -25,6 +25,8 @@ FAMILY = "falcon"
 
 
 def check(module) -> str | None:
+    if module.config.alibi:
+        return _common.alibi_kernel_check(module)
     return None
 
 
@@ -86,7 +88,7 @@ def forward(
         )
         if isinstance(compact, str):
             return fallback(compact)
-        if use_alibi and (not compact.causal or not compact.contiguous):
+        if use_alibi and (not compact.causal_for(q_len) or not compact.contiguous):
             return fallback("ALiBi with a non-causal or holed mask (Falcon counts positions over real tokens)")
     elif use_alibi and q_len != 1:
         return fallback("ALiBi without an attention mask (HF's sdpa path then drops the bias)")
@@ -114,7 +116,7 @@ def forward(
         _common.contiguous_last(query),
         _common.contiguous_last(key),
         _common.contiguous_last(value),
-        causal=True if compact is None else compact.causal,
+        causal=True if compact is None else compact.causal_for(q_len),
         scale=module.inv_norm_factor,
         key_padding_mask=None if compact is None else compact.key_padding,
         q_offset=None if compact is None else compact.q_offset,

@@ -24,7 +24,7 @@ PARENT_PASSES_OUTPUT_ATTENTIONS = False  # see the module docstring
 
 
 def check(module) -> str | None:
-    return None
+    return _common.alibi_kernel_check(module)  # MPT always uses ALiBi
 
 
 def prepare(module) -> dict:
@@ -55,7 +55,7 @@ def forward(module, original, hidden_states, position_bias, cache=None, attentio
         compact = _common.analyse(attention_mask, _visible, "mpt-bool")
         if isinstance(compact, str):
             return fallback(compact)
-        if position_bias is not None and not compact.causal:
+        if position_bias is not None and not compact.causal_for(q_len):
             return fallback("ALiBi with a non-causal mask")
     elif q_len != 1:
         return fallback("no attention mask with several queries (HF attends bidirectionally)")
@@ -82,7 +82,7 @@ def forward(module, original, hidden_states, position_bias, cache=None, attentio
         _common.contiguous_last(query),
         _common.contiguous_last(key),
         _common.contiguous_last(value),
-        causal=True if compact is None else compact.causal,
+        causal=True if compact is None else compact.causal_for(q_len),
         scale=module.softmax_scale,
         key_padding_mask=None if compact is None else compact.key_padding,
         q_offset=None if compact is None else compact.q_offset,
