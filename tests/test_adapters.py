@@ -131,11 +131,13 @@ def test_forward_generate_revert(case):
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, reference(input_ids=ids, attention_mask=mask).logits)
 
 
+@pytest.mark.parametrize("case", ["falcon-alibi", "falcon-mqa"])
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
-def test_falcon_alibi_follows_the_configured_implementation(attn):
+def test_falcon_follows_the_configured_implementation(case, attn):
     # transformers 5.x: Falcon's eager path adds the ALiBi bias twice (once in the
-    # mask, once itself), sdpa once. The adapter reproduces whichever the model runs.
-    model, reference = pair("falcon-alibi", attn)
+    # mask, once itself), sdpa once. The adapter reproduces whichever the model
+    # runs. sdpa also hands over bool masks instead of additive ones.
+    model, reference = pair(case, attn)
     ids, mask = batch("left")
     with torch.no_grad():
         got = model(input_ids=ids, attention_mask=mask).logits
@@ -399,3 +401,22 @@ def test_alibi_modules_stay_on_hf_where_the_kernel_lacks_alibi(monkeypatch):
     model = build("falcon-mqa")  # rotary Falcon does not need ALiBi
     fastxf.optimize(model)
     assert fastxf.explain(model)["attention"]["status"] == "rewritten"
+
+
+def test_deepcopy_of_an_optimized_model_runs_its_own_modules():
+    model, reference = pair("mpt")
+    twin = copy.deepcopy(model)
+    attn = twin.transformer.blocks[0].attn
+    assert attn.forward.__self__ is attn
+    ids, mask = batch("left")
+    calls = fx_attention.CALLS["fastxf"]
+    with torch.no_grad():
+        got = twin(input_ids=ids, attention_mask=mask).logits
+        want = reference(input_ids=ids, attention_mask=mask).logits
+    assert fx_attention.CALLS["fastxf"] == calls + 2
+    assert rel_err(got[mask.bool()], want[mask.bool()]) < REL_TOL
+    fastxf.revert(twin)  # reverts the twin only
+    assert "forward" not in attn.__dict__ and not twin.transformer.blocks[0]._forward_pre_hooks
+    assert "forward" in model.transformer.blocks[0].attn.__dict__ and model.transformer.blocks[0]._forward_pre_hooks
+    fastxf.revert(model)
+    assert not model.transformer.blocks[0]._forward_pre_hooks

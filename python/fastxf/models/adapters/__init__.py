@@ -49,7 +49,10 @@ class Installed:
 
     def __init__(self):
         self.modules: list = []  # adapted attention modules
-        self.hooks: list = []  # forward pre-hook handles
+        # Modules given the output_attentions pre-hook. Found again by function at
+        # uninstall, not through handles: handles would point into the original
+        # model's hook dicts after a deepcopy of the optimized model.
+        self.hooked: list = []
 
 
 def install(model: nn.Module) -> tuple[dict | None, Installed]:
@@ -78,7 +81,8 @@ def install(model: nn.Module) -> tuple[dict | None, Installed]:
     for parent in model.modules():
         for child in parent.children():
             if child in installed.modules and getattr(family_of(child), "PARENT_PASSES_OUTPUT_ATTENTIONS", True) is False:
-                installed.hooks.append(parent.register_forward_pre_hook(_record_output_attentions, with_kwargs=True))
+                parent.register_forward_pre_hook(_record_output_attentions, with_kwargs=True)
+                installed.hooked.append(parent)
                 break
     if not adapted and not kept:
         return None, installed
@@ -98,13 +102,16 @@ def install(model: nn.Module) -> tuple[dict | None, Installed]:
 
 
 def uninstall(installed: Installed) -> None:
-    for h in installed.hooks:
-        h.remove()
+    for parent in installed.hooked:
+        for hook_id, hook in list(parent._forward_pre_hooks.items()):
+            if hook is _record_output_attentions:
+                del parent._forward_pre_hooks[hook_id]
+                parent._forward_pre_hooks_with_kwargs.pop(hook_id, None)
     for m in installed.modules:
         _common.remove_forward(m)
         for k in ("_fastxf_extra", "_fastxf_output_attentions"):
             m.__dict__.pop(k, None)
-    installed.hooks.clear()
+    installed.hooked.clear()
     installed.modules.clear()
 
 

@@ -16,6 +16,7 @@ runs once per forward, not once per layer.
 
 from __future__ import annotations
 
+import types
 import weakref
 from dataclasses import dataclass
 
@@ -87,11 +88,10 @@ def _analyse(mask, to_visible) -> Compact | str:
         return f"mask of shape {tuple(mask.shape)} (per-head masks)"
     vis = vis[:, 0]
     b, sq, sk = vis.shape
-    key_padding = vis.any(dim=1)
+    key_padding = vis.any(dim=1)  # a key no query sees is padding (or an unfilled static-cache slot)
     if sq == 1:  # (B, 1, 1, Sk), BERT's extended mask: key padding only, whatever the query count
         all_keys = bool(key_padding.all())
         return Compact(False, None if all_keys else key_padding.contiguous(), None, _one_run(key_padding), 1)
-    # A key no query sees is padding (or an unfilled static-cache slot).
     i = torch.arange(sq, device=vis.device)[:, None]
     j = torch.arange(sk, device=vis.device)[None, :]
     # Candidates: bottom-right causal (no cache / dynamic cache), causal with the
@@ -121,16 +121,16 @@ def _one_run(key_padding: torch.Tensor) -> bool:
     return bool((runs <= 1).all())
 
 
+def _adapted_forward(self, *args, **kwargs):
+    # A module-level function bound with MethodType (not a closure): deepcopy and
+    # pickle then rebind it to the copied module instead of the original one.
+    return self.__dict__["_fastxf_adapter"](self, type(self).forward.__get__(self), *args, **kwargs)
+
+
 def install_forward(module: torch.nn.Module, forward) -> None:
     """Binds `forward(module, original_forward, *args, **kwargs)` on this instance only."""
-    original = type(module).forward.__get__(module)
-
-    def bound(*args, **kwargs):
-        return forward(module, original, *args, **kwargs)
-
-    bound.__wrapped__ = original
-    module.forward = bound  # instance attribute: shadows the class's forward for this module only
-    module.__dict__["_fastxf_adapter"] = getattr(forward, "__module__", "fastxf")
+    module.__dict__["_fastxf_adapter"] = forward
+    module.forward = types.MethodType(_adapted_forward, module)  # instance attribute: shadows the class forward
 
 
 def remove_forward(module: torch.nn.Module) -> None:
