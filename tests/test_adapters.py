@@ -420,3 +420,34 @@ def test_deepcopy_of_an_optimized_model_runs_its_own_modules():
     assert "forward" in model.transformer.blocks[0].attn.__dict__ and model.transformer.blocks[0]._forward_pre_hooks
     fastxf.revert(model)
     assert not model.transformer.blocks[0]._forward_pre_hooks
+
+
+def test_fsmt_encoder_decoder():
+    cfg = transformers.AutoConfig.for_model(
+        "fsmt", langs=["en", "de"], src_vocab_size=128, tgt_vocab_size=128, d_model=64, encoder_layers=2,
+        decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+        decoder_ffn_dim=128, max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+        decoder_start_token_id=2,
+    )
+    cfg._attn_implementation = "eager"
+    torch.manual_seed(0)
+    model = transformers.FSMTForConditionalGeneration(cfg).eval()
+    reference = copy.deepcopy(model)
+    fastxf.optimize(model)
+    assert fastxf.explain(model)["attention"]["attention_modules"] == 6  # encoder self, decoder self + cross
+    ids, mask = batch("right")
+    dec = torch.randint(4, 128, (3, 6), generator=torch.Generator().manual_seed(3))
+    for use_cache in (False, True):  # without a cache FSMT's decoder gets its future mask
+        calls, fb = fx_attention.CALLS["fastxf"], fallbacks()
+        with torch.no_grad():
+            got = model(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=use_cache).logits
+            want = reference(input_ids=ids, attention_mask=mask, decoder_input_ids=dec, use_cache=use_cache).logits
+        assert fx_attention.CALLS["fastxf"] == calls + 6 and fallbacks() == fb, fallbacks()
+        assert rel_err(got, want) < REL_TOL
+    common = dict(input_ids=ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5)
+    assert torch.equal(model.generate(num_beams=3, **common), reference.generate(num_beams=3, **common))
+    torch.manual_seed(5)
+    a = model.generate(do_sample=True, top_k=20, **common)
+    torch.manual_seed(5)
+    assert torch.equal(a, reference.generate(do_sample=True, top_k=20, **common))
+    assert fallbacks() == fb

@@ -1,6 +1,6 @@
 """Attention adapters for model families whose attention module does not go
 through transformers' AttentionInterface (so `set_attn_implementation("fastxf")`
-cannot reach it): BLOOM, Falcon, MPT, GPT-Neo, XGLM, Bark, and BERT-style encoders (RemBERT,
+cannot reach it): BLOOM, Falcon, MPT, GPT-Neo, XGLM, Bark, FSMT, and BERT-style encoders (RemBERT,
 Megatron-BERT, TAPAS, ViLT, VisualBERT, RoFormer).
 
 Each family module names the attention classes it adapts (exact classes, no
@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from . import _common, bark, bert_style, bloom, falcon, gpt_neo, mpt, roformer, xglm
+from . import _common, bark, bert_style, bloom, falcon, fsmt, gpt_neo, mpt, roformer, xglm
 
-FAMILIES = (bloom, falcon, mpt, gpt_neo, xglm, bark, bert_style, roformer)
+FAMILIES = (bloom, falcon, mpt, gpt_neo, xglm, bark, fsmt, bert_style, roformer)
 
 _BY_CLASS = {name: fam for fam in FAMILIES for name in fam.CLASSES}
 

@@ -79,11 +79,11 @@ def analyse(mask: torch.Tensor, to_visible, key: str) -> Compact | str:
 
 
 def _analyse(mask, to_visible) -> Compact | str:
-    if mask.dim() != 4:
-        return f"{mask.dim()}-D mask"
     vis = to_visible(mask)
     if vis is None:
         return "additive mask with values other than 0 / finfo.min (a bias)"
+    if vis.dim() != 4:
+        return f"{vis.dim()}-D mask"
     if vis.shape[1] != 1:
         return f"mask of shape {tuple(mask.shape)} (per-head masks)"
     vis = vis[:, 0]
