@@ -297,6 +297,18 @@ class LiteralEpsNorm(torch.nn.Module):
         return torch.nn.functional.layer_norm(x, self.normalized_shape, None, None, eps=self.literal)
 
 
+class WeightedLiteralEpsRMSNorm(torch.nn.Module):
+    """Llama-style RMSNorm with its eps as a literal (and a weight)."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(size))
+
+    def forward(self, x):
+        h = x.float()
+        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + 1e-6)).to(x.dtype)
+
+
 @pytest.mark.parametrize("eps,rms,found", [(1e-6, True, 1e-6), (1e-12, False, 1e-12), (3e-5, False, None)])
 def test_norm_eps_probing(eps, rms, found):
     from fastxf.models import norms
@@ -451,3 +463,13 @@ def test_fsmt_encoder_decoder():
     torch.manual_seed(5)
     assert torch.equal(a, reference.generate(do_sample=True, top_k=20, **common))
     assert fallbacks() == fb
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_eps_probing_with_weight(dtype):
+    from fastxf.models import norms
+
+    module = WeightedLiteralEpsRMSNorm(40).to(dtype)
+    rep, why = norms.replacement_for(module)
+    assert rep is not None and rep.fastxf_eps == 1e-6 and rep.fastxf_kind == "rms_norm", why
+    assert rep.weight is module.weight  # borrowed, not copied

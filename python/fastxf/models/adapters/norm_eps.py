@@ -11,6 +11,8 @@ on HF and the report says which values were tried.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
@@ -48,11 +50,14 @@ def find_eps(module: nn.Module, kind: str, make_norm) -> tuple[float | None, str
     """(eps, "") when exactly the FastxfNorm(kind, eps) built by `make_norm(module,
     kind, eps)` reproduces module.forward on the multi-scale probe, else (None, why)."""
     p = next(module.parameters(recurse=False), None)
-    device = p.device if p is not None else torch.device("cpu")
-    if p is not None and p.dtype != torch.float32:
-        return None, f"eps probing needs float32 parameters, got {p.dtype}"
+    if p is not None and (p.dtype != torch.float32 or p.device.type != "cpu"):
+        # The eps is a property of the formula: find it on a float32 CPU twin (a
+        # norm is small); the caller's probe() then checks the model's dtype/device.
+        if p.device.type == "meta":
+            return None, "parameters on the meta device"
+        module = copy.deepcopy(module).to("cpu", torch.float32)
     size = size_of(module)
-    x = _probe_input(size, device)
+    x = _probe_input(size, torch.device("cpu"))
     with torch.no_grad():
         try:
             want = module(x)
