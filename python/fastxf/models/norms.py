@@ -25,6 +25,7 @@ from torch import nn
 
 from ..ops import layer_norm as fx_layer_norm
 from ..ops import rms_norm as fx_rms_norm
+from .adapters import norm_eps as fx_norm_eps
 
 EPS_NAMES = ("variance_epsilon", "eps", "epsilon", "layer_norm_eps", "norm_eps")
 
@@ -121,7 +122,7 @@ def norm_candidates(module: nn.Module) -> tuple[list[str], str | None]:
         return ["layer_norm"], None
     if isinstance(module, getattr(nn, "RMSNorm", ())) and getattr(module, "eps", None) is None:
         return [], "torch RMSNorm with eps=None (dtype-dependent eps)"
-    if _eps_of(module) is None:
+    if _eps_of(module) is None and not fx_norm_eps.may_probe(module):
         return [], "no eps attribute"
     if "bias" in params:
         return (["layer_norm"] if "weight" in params else []), (None if "weight" in params else "bias without weight")
@@ -182,6 +183,18 @@ def replacement_for(module: nn.Module) -> tuple[FastxfNorm | None, str]:
     eps = float(module.eps) if isinstance(module, nn.LayerNorm) else _eps_of(module)
     reasons = []
     for kind in kinds:
+        if eps is None:  # eps not stored on the module (OLMo v1): found by probing, or the module stays
+            found, why = fx_norm_eps.find_eps(module, kind, FastxfNorm)
+            if found is None:
+                reasons.append(f"{kind}: {why}")
+                continue
+            r = probe(module, kind, found)
+            if r is None:
+                rep = FastxfNorm(module, kind, found)
+                rep.fastxf_eps_probed = True  # explain() says so
+                return rep, f"{kind} (eps {found:g} found by probing)"
+            reasons.append(f"{kind}: {r}")
+            continue
         r = probe(module, kind, eps)
         if r is None:
             return FastxfNorm(module, kind, eps), kind
@@ -195,4 +208,4 @@ def looks_like_norm(module: nn.Module) -> bool:
         return True
     if any(True for _ in module.children()):
         return False
-    return _eps_of(module) is not None
+    return _eps_of(module) is not None or fx_norm_eps.may_probe(module)

@@ -25,6 +25,7 @@ import logging
 
 from torch import nn
 
+from . import adapters as fx_adapters
 from . import attention as fx_attention
 from . import fused as fx_fused
 from . import norms as fx_norms
@@ -40,6 +41,7 @@ class _State:
         self.attn_configs: list = []  # [(config, previous _attn_implementation)]
         self.norms: list = []  # [(parent, attr name, original, replacement)]
         self.fused: list = []  # layers with an instance-bound forward
+        self.adapters = None  # fastxf.models.adapters.Installed (attention modules outside the interface)
         self.placed = False
         self.report: dict = {}
 
@@ -102,6 +104,9 @@ def _rewrite_attention(model: nn.Module, state: _State) -> dict:
     previous = {id(c): _attn_impl(c) for c in configs}
     can_set = getattr(type(model), "_can_set_attn_implementation", None)
     if not hasattr(model, "set_attn_implementation") or (callable(can_set) and not can_set()):
+        adapted, state.adapters = fx_adapters.rewrite(model, _attention_kernel_check)
+        if adapted is not None:
+            return adapted
         return {
             "status": "kept",
             "implementation": _attn_impl(getattr(model, "config", None)),
@@ -180,6 +185,8 @@ def _rewrite_norms(model: nn.Module, state: _State) -> dict:
         setattr(parent, name, rep)
         state.norms.append((parent, name, child, rep))
         replaced.append({"name": full, "class": type(child).__name__, "kind": rep.fastxf_kind})
+        if getattr(rep, "fastxf_eps_probed", False):  # eps not stored on the module: found by probing
+            replaced[-1]["eps_probed"] = rep.fastxf_eps
     return {"replaced": replaced, "kept": kept}
 
 
@@ -285,6 +292,8 @@ def revert(model: nn.Module) -> nn.Module:
     for parent, name, original, replacement in reversed(state.norms):
         if getattr(parent, name, None) is replacement:
             setattr(parent, name, original)
+    if state.adapters is not None:
+        fx_adapters.uninstall(state.adapters)
     for config, previous in state.attn_configs:
         _set_internal(config, previous)
     del model.__dict__[_STATE]

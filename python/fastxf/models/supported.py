@@ -19,6 +19,8 @@ _DEC = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_atte
 
 
 HF_NOT_INTERFACE = "HF (attention does not go through AttentionInterface)"
+# Attention modules outside the interface, run on fastxf by fastxf.models.adapters.
+FASTXF_ADAPTER = "fastxf (adapter)"
 HF_POSITION_BIAS = "HF per call (learned position bias the kernel does not take)"
 _SMALL = dict(static_cache=False, generate="greedy")
 _LATER = "transformers 5.17 still has its own attention here (stays on HF there); 5.24 uses the interface"
@@ -106,6 +108,9 @@ ARCHS: list[Arch] = [
     Arch("GPT-J", "gptj", "GPTJForCausalLM", "causal_lm",
          dict(n_embd=64, n_layer=2, n_head=4, vocab_size=128, rotary_dim=8, bos_token_id=1, eos_token_id=2), **_SMALL,
          notes=_LATER),
+    Arch("CodeGen", "codegen", "CodeGenForCausalLM", "causal_lm",
+         dict(n_embd=64, n_layer=2, n_head=4, vocab_size=128, n_positions=128, n_ctx=128, rotary_dim=8, bos_token_id=1,
+              eos_token_id=2), **_SMALL),
     Arch("Cohere", "cohere", "CohereForCausalLM", "causal_lm",
          dict(_DEC, num_key_value_heads=2, pad_token_id=0, bos_token_id=1, eos_token_id=2), **_SMALL),
     Arch("ELECTRA", "electra", "ElectraModel", "encoder",
@@ -121,13 +126,53 @@ ARCHS: list[Arch] = [
     Arch("T5", "t5", "T5ForConditionalGeneration", "seq2seq",
          dict(d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4, vocab_size=128, decoder_start_token_id=0),
          attention=HF_POSITION_BIAS, **_SMALL, notes=_LATER),
+    # Attention modules that bypass AttentionInterface: fastxf.models.adapters (tests/test_adapters.py goes further:
+    # left and right padding, beam and seeded sampling compared token for token, fallbacks).
     Arch("BLOOM", "bloom", "BloomForCausalLM", "causal_lm", dict(hidden_size=64, n_layer=2, n_head=4, vocab_size=128),
-         attention=HF_NOT_INTERFACE, **_SMALL, notes="ALiBi"),
+         attention=FASTXF_ADAPTER, notes="ALiBi (positions over real tokens)"),
     Arch("Falcon", "falcon", "FalconForCausalLM", "causal_lm",
-         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128), attention=HF_NOT_INTERFACE,
-         **_SMALL),
+         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128), attention=FASTXF_ADAPTER,
+         notes="multi-query, parallel attention"),
+    Arch("Falcon (new decoder architecture)", "falcon", "FalconForCausalLM", "causal_lm",
+         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128, new_decoder_architecture=True,
+              num_kv_heads=2), attention=FASTXF_ADAPTER, notes="grouped KV heads"),
+    Arch("Falcon-RW (ALiBi)", "falcon", "FalconForCausalLM", "causal_lm",
+         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, vocab_size=128, alibi=True, multi_query=False,
+              parallel_attn=False, bias=True), attention=FASTXF_ADAPTER, static_cache=False,
+         notes="HF eager applies the ALiBi slope twice, sdpa once: the adapter follows the configured one; HF's own "
+         "static-cache generate fails here"),
     Arch("MPT", "mpt", "MptForCausalLM", "causal_lm", dict(d_model=64, n_heads=4, n_layers=2, vocab_size=128),
-         attention=HF_NOT_INTERFACE, **_SMALL, notes="ALiBi"),
+         attention=FASTXF_ADAPTER, notes="ALiBi"),
+    Arch("GPT-Neo", "gpt_neo", "GPTNeoForCausalLM", "causal_lm",
+         dict(hidden_size=64, num_layers=2, num_heads=4, vocab_size=128, max_position_embeddings=128,
+              attention_types=[[["global", "local"], 1]], window_size=4, bos_token_id=1, eos_token_id=2),
+         attention=FASTXF_ADAPTER, static_cache=False, notes="unscaled scores, local layers (window 4); static cache: prefill on HF (its causal buffer is "
+         "bottom-right aligned)"),
+    Arch("XGLM", "xglm", "XGLMForCausalLM", "causal_lm",
+         dict(d_model=64, num_layers=2, attention_heads=4, ffn_dim=128, vocab_size=128, max_position_embeddings=64,
+              pad_token_id=0, bos_token_id=1, eos_token_id=2), attention=FASTXF_ADAPTER),
+    Arch("FSMT", "fsmt", "FSMTForConditionalGeneration", "seq2seq",
+         dict(langs=["en", "de"], src_vocab_size=128, tgt_vocab_size=128, d_model=64, encoder_layers=2, decoder_layers=2,
+              encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+              max_position_embeddings=64, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2),
+         attention=FASTXF_ADAPTER, static_cache=False, notes="fairseq layout, self and cross attention"),
+    Arch("RemBERT", "rembert", "RemBertModel", "encoder",
+         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=128,
+              max_position_embeddings=64, input_embedding_size=32, output_embedding_size=32),
+         attention=FASTXF_ADAPTER, notes="BERT-style self-attention outside the interface (also Megatron-BERT, TAPAS, "
+         "ViLT, VisualBERT: tests/test_adapters.py)"),
+    Arch("Megatron-BERT", "megatron-bert", "MegatronBertModel", "encoder",
+         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=128,
+              max_position_embeddings=64), attention=FASTXF_ADAPTER),
+    Arch("TAPAS", "tapas", "TapasModel", "encoder",
+         dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=128,
+              max_position_embeddings=64), attention=FASTXF_ADAPTER),
+    Arch("RoFormer", "roformer", "RoFormerModel", "encoder",
+         dict(hidden_size=64, embedding_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+              vocab_size=128, max_position_embeddings=64), attention=FASTXF_ADAPTER, notes="rotary, BERT-style"),
+    # Norms without an eps attribute: eps found by probing (fastxf.models.adapters.norm_eps).
+    Arch("OLMo", "olmo", "OlmoForCausalLM", "causal_lm", dict(_DEC, num_key_value_heads=2, pad_token_id=0), **_SMALL,
+         notes="parameter-free LayerNorm, eps 1e-5 found by probing"),
 ]
 
 
