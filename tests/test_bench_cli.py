@@ -34,8 +34,9 @@ def _tiny_llama(path, weights=True):
 def _tiny_bert_config(path):
     from transformers import BertConfig
 
-    BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-               vocab_size=96, max_position_embeddings=64).save_pretrained(path)
+    # A task head in `architectures`: the bench times the base encoder (AutoModel).
+    BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=96,
+               max_position_embeddings=64, architectures=["BertForMaskedLM"]).save_pretrained(path)
     return str(path)
 
 
@@ -145,7 +146,8 @@ def test_tiny_encoder_from_config_only(tmp_path, capsys):
     _check_schema(doc)
     assert {r["op"] for r in doc["rows"]} == {"encode"}
     assert all(r["sentences_per_s"] > 0 for r in doc["rows"])
-    assert doc["random_weights"] is True and not (tmp_path / "bert.png").exists()
+    assert doc["random_weights"] is True and doc["model_class"] == "BertModel"
+    assert not (tmp_path / "bert.png").exists()
 
 
 def test_layers_override_and_pad_fraction(tmp_path, capsys):

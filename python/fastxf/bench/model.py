@@ -118,19 +118,24 @@ def _config(spec: str, layers: int | None):
     return cfg, path, label
 
 
+# Encoders whose model type also has a *ForCausalLM head in transformers' mapping: a
+# checkpoint of these without `architectures` is benchmarked as the encoder it usually is.
+ENCODER_TYPES = {"bert", "roberta", "xlm-roberta", "electra", "camembert", "ernie", "data2vec-text", "xmod",
+                 "roc_bert", "megatron-bert", "rembert", "roberta-prelayernorm", "bert-generation"}
+
+
 def _model_class(cfg):
-    """(class, causal): the checkpoint's own class when it is a causal LM or a plain
-    encoder, else the Auto class for its type."""
+    """(class, causal): the checkpoint's own class when it is a causal LM, else the base
+    encoder (AutoModel: a task head on top would change what is timed and compared)."""
     import transformers
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-    causal = cfg.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and not getattr(cfg, "is_decoder_only_encoder", False)
-    if cfg.model_type in ("bert", "roberta", "xlm-roberta", "electra", "distilbert"):
-        causal = False  # listed for their *ForCausalLM heads, but these checkpoints are encoders
-    for arch in getattr(cfg, "architectures", None) or []:
-        cls = getattr(transformers, arch, None)
-        if cls is not None and (("ForCausalLM" in arch or "LMHeadModel" in arch) == causal):
-            return cls, causal
+    causal_classes = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    archs = [a for a in getattr(cfg, "architectures", None) or [] if hasattr(transformers, a)]
+    if archs:
+        causal = archs[0] in causal_classes
+        return (getattr(transformers, archs[0]) if causal else transformers.AutoModel), causal
+    causal = cfg.model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and cfg.model_type not in ENCODER_TYPES
     return (transformers.AutoModelForCausalLM if causal else transformers.AutoModel), causal
 
 

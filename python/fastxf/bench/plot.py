@@ -1,5 +1,5 @@
 """PNG plots of results files: for each (op, shape, dtype), each baseline's time
-over fastxf's (> 1: fastxf faster), one horizontal bar per baseline.
+over fastxf's (> 1: fastxf faster), one bar per baseline, one panel per (op, dtype).
 
     python -m fastxf bench plot FILE.json [...]     # writes FILE.png next to each
 
@@ -36,42 +36,70 @@ def _groups(doc):
 
 
 def plot(doc: dict, path: str, title: str | None = None) -> str:
-    """Writes the plot of one results document to `path` (PNG); returns path."""
+    """Writes the plot of one results document to `path` (PNG); returns path. One panel
+    per (op, dtype); in each, one group of bars per shape, one bar per baseline."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
     groups = _groups(doc)
-    baselines = sorted({impl for g in groups.values() for impl in g if impl != "fastxf"})
-    labels = [f"{op} {shape}" + ("" if len({k[2] for k in groups}) == 1 else f" {dtype}")
-              for op, shape, dtype in groups]
-    n, k = len(groups), max(1, len(baselines))
-    bar_h = 0.8 / k
-    fig, ax = plt.subplots(figsize=(10, 1.2 + 0.22 * n * k + 0.12 * n))
-    for j, b in enumerate(baselines):
-        ys, xs = [], []
-        for i, g in enumerate(groups.values()):
-            if b in g:
-                ys.append(i + (j - (k - 1) / 2) * bar_h)
-                xs.append(g[b]["ms"] / g["fastxf"]["ms"])
-        bars = ax.barh(ys, xs, height=bar_h * 0.9, label=b, color=COLORS.get(b))
-        ax.bar_label(bars, labels=[f"{x:.2f}x" for x in xs], fontsize=7, padding=2)
-    ax.axvline(1.0, color="black", linewidth=0.8)
-    ax.set_yticks(range(n), labels, fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlabel("baseline time / fastxf time  (> 1: fastxf faster)")
-    ceil = doc.get("ceilings", {})
     dtypes = sorted({key[2] for key in groups})
-    sub = (f"{doc.get('device')}, torch {doc.get('torch')}, commit {str(doc.get('commit'))[:10]}, "
-           f"{'/'.join(dtypes)}; ceilings: copy {ceil.get('copy_gbps', 0):.0f} GB/s, "
-           f"matmul {ceil.get('matmul_tflops', 0):.3g} TFLOP/s")
-    ax.set_title((title or _title(doc)) + "\n" + sub, fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
-    ax.margins(x=0.12)
-    fig.tight_layout()
+    panels: dict = {}  # panel title -> {bar-group label: {impl: row}}
+    for (op, shape, dtype), g in groups.items():
+        label = shape if len(dtypes) == 1 else f"{shape}\n{dtype}"
+        panels.setdefault(op if len(dtypes) > 1 else f"{op}, {dtype}", {})[label] = g
+    if len(panels) > 1 and all(len(p) == 1 for p in panels.values()):
+        # One shape per op (a model run: prefill, decode, ...): one panel, a bar group per op.
+        first_shape = next(iter(groups))[1].split(" +")[0]
+        merged = {}
+        for (op, shape, dtype), g in groups.items():
+            suffix = f" +{shape.split(' +')[1]} tokens" if " +" in shape else ""
+            merged[f"{op}{suffix}" + ("" if len(dtypes) == 1 else f"\n{dtype}")] = g
+        panels = {f"{first_shape}, {'/'.join(dtypes)}": merged}
+    ncols = 1 if len(panels) == 1 else 2
+    nrows = -(-len(panels) // ncols)
+    widest = max(len(p) for p in panels.values())
+    nbase = len({impl for g in groups.values() for impl in g}) - 1
+    fig_w = min(16.0, max(8.0, (2.0 + 0.3 * widest * nbase) * ncols))
+    fig_h = 1.2 + 3.2 * nrows
+    fig, axes = plt.subplots(nrows, ncols, figsize=(fig_w, fig_h), squeeze=False)
+    legend = {}
+    for ax, (name, shapes) in zip(axes.flat, panels.items()):
+        # Only this panel's baselines, in a fixed order, so that no bar slot stays empty.
+        baselines = sorted({impl for g in shapes.values() for impl in g if impl != "fastxf"})
+        k = max(1, len(baselines))
+        width = 0.8 / k
+        for j, b in enumerate(baselines):
+            xs, ys = [], []
+            for i, g in enumerate(shapes.values()):
+                if b in g:
+                    xs.append(i + (j - (k - 1) / 2) * width)
+                    ys.append(g[b]["ms"] / g["fastxf"]["ms"])
+            bars = ax.bar(xs, ys, width=width * 0.9, label=b, color=COLORS.get(b))
+            legend.setdefault(b, bars)
+            if len(shapes) * k <= 24:  # values on the bars while they stay readable
+                ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, padding=1)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        tilt = len(shapes) > 4 or max(len(s) for s in shapes) * len(shapes) > 90
+        ax.set_xticks(range(len(shapes)), list(shapes), fontsize=7, rotation=30 if tilt else 0,
+                      ha="right" if tilt else "center")
+        ax.set_title(name, fontsize=9)
+        ax.set_ylabel("baseline time / fastxf time", fontsize=8)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.margins(y=0.15)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    names = sorted(legend)
+    fig.legend([legend[n] for n in names], names, fontsize=8, loc="upper right", ncols=min(len(names), 4))
+    ceil = doc.get("ceilings", {})
+    sub = (f"{doc.get('device')}, torch {doc.get('torch')}, commit {str(doc.get('commit'))[:10]}; ceilings: copy "
+           f"{ceil.get('copy_gbps', 0):.3g} GB/s, matmul {ceil.get('matmul_tflops', 0):.3g} TFLOP/s\n"
+           "bars: baseline time / fastxf time, > 1: fastxf faster")
+    fig.suptitle((title or _title(doc)) + "\n" + sub, fontsize=9, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig_h))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
