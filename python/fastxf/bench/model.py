@@ -292,19 +292,23 @@ def run(args, ceilings=None) -> tuple[dict, int]:
         return [(b - a) * 1e3 for a, b in zip(stamps, stamps[1:])]
 
     # 1. Outputs of the three implementations against each other, before any timing.
-    outputs, explain = {}, None
-    for name, impl in IMPLS.items():
-        use_implementation(model, impl)
-        outputs[name] = forward()[valid].double()
+    # Reference first, then each implementation compared as it comes: one output held at a time.
+    explain, errs, ref, scale = None, {}, None, 1.0
+    for name in ("hf_eager", "hf_sdpa", "fastxf"):
+        use_implementation(model, IMPLS[name])
+        out = forward()[valid].float()
+        if ref is None:
+            ref, scale = out, out.abs().max().item() or 1.0
+            continue
+        errs[name] = (out - ref).abs().max().item() / scale
+        del out
         if name == "fastxf":
             import fastxf
             from fastxf.models import format_report
 
             explain = fastxf.explain(model)
             print("fastxf.optimize: " + format_report(explain).replace("\n", "\n  "), flush=True)
-    ref = outputs["hf_eager"]
-    scale = ref.abs().max().item() or 1.0
-    errs = {name: (o - ref).abs().max().item() / scale for name, o in outputs.items() if name != "hf_eager"}
+    del ref
     # fp32: only summation order differs (1e-4 as in the model tests); half precision:
     # every op rounds to 8-11 bits, so allow what hf_sdpa's own rounding produces, with a floor.
     tol = 1e-4 if dtype == torch.float32 else max(5e-2, 2 * errs["hf_sdpa"])
@@ -324,7 +328,6 @@ def run(args, ceilings=None) -> tuple[dict, int]:
                  "so tokens may differ)"), flush=True)
         if dtype == torch.float32 and not same["fastxf"]:
             ok = False
-    del outputs
 
     # 2. Timing. Prefill and dynamic-cache decode: the implementations in turn, `repeats`
     # rounds (each comparison sees the same machine state; the generate calls above were
@@ -350,7 +353,14 @@ def run(args, ceilings=None) -> tuple[dict, int]:
         for name, impl in IMPLS.items():
             use_implementation(model, impl)
             bar.set_postfix_str(f"{name} static cache")
-            decode_steps("static")  # compiles on CUDA
+            try:
+                decode_steps("static")  # compiles on CUDA
+            except Exception as e:  # torch.compile's reach depends on the installed versions: report, go on
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
+                print(f"static-cache decode with {name} failed, left out: {msg}", flush=True)
+                checks.setdefault("static_cache_errors", {})[name] = msg
+                bar.update(1 + args.repeats)
+                continue
             bar.update(1)
             for _ in range(args.repeats):
                 step_ms[(name, "static")] += decode_steps("static")
