@@ -221,8 +221,8 @@ def _check_args(args):
     if args.new_tokens is not None and args.new_tokens < 0:
         raise BenchArgError(f"--new-tokens {args.new_tokens}: must be 0 (prefill only) or more")
     if args.new_tokens == 1:
-        raise BenchArgError("--new-tokens 1: decode speed needs at least 2 (generate(N) minus generate(1)); "
-                            "use 0 for prefill only")
+        raise BenchArgError("--new-tokens 1: decode speed needs at least 2 (the first token comes from "
+                            "the prefill); use 0 for prefill only")
     if not 0 <= args.pad_fraction < 1:
         raise BenchArgError(f"--pad-fraction {args.pad_fraction}: must be in [0, 1)")
 
@@ -352,6 +352,11 @@ def run(args, ceilings=None) -> tuple[dict, int]:
     if static:
         for name, impl in IMPLS.items():
             use_implementation(model, impl)
+            # A fresh compile per implementation: transformers keeps its compiled forward on the
+            # model, and dynamo's recompile limit counts per code object across wrappers, so
+            # leftovers could silently run an earlier graph or fall back to eager.
+            model.__dict__.pop("_compiled_call", None)
+            torch._dynamo.reset()
             bar.set_postfix_str(f"{name} static cache")
             try:
                 decode_steps("static")  # compiles on CUDA
