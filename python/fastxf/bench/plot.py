@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 # Fixed colours per implementation, so that every plot reads the same way.
 COLORS = {
@@ -64,7 +65,6 @@ def plot(doc: dict, path: str, title: str | None = None) -> str:
     fig_w = min(16.0, max(8.0, (2.0 + 0.3 * widest * nbase) * ncols))
     fig_h = 1.2 + 3.2 * nrows
     fig, axes = plt.subplots(nrows, ncols, figsize=(fig_w, fig_h), squeeze=False)
-    legend = {}
     for ax, (name, shapes) in zip(axes.flat, panels.items()):
         # Only this panel's baselines, in a fixed order, so that no bar slot stays empty.
         baselines = sorted({impl for g in shapes.values() for impl in g if impl != "fastxf"})
@@ -77,7 +77,6 @@ def plot(doc: dict, path: str, title: str | None = None) -> str:
                     xs.append(i + (j - (k - 1) / 2) * width)
                     ys.append(g[b]["ms"] / g["fastxf"]["ms"])
             bars = ax.bar(xs, ys, width=width * 0.9, label=b, color=COLORS.get(b))
-            legend.setdefault(b, bars)
             if len(shapes) * k <= 24:  # values on the bars while they stay readable
                 ax.bar_label(bars, labels=[f"{y:.2f}" for y in ys], fontsize=7, padding=1)
         ax.axhline(1.0, color="black", linewidth=0.8)
@@ -88,16 +87,19 @@ def plot(doc: dict, path: str, title: str | None = None) -> str:
         ax.set_ylabel("baseline time / fastxf time", fontsize=8)
         ax.tick_params(axis="y", labelsize=7)
         ax.margins(y=0.15)
+        ax.legend(fontsize=7, loc="best")  # per panel: the baselines differ between ops
     for ax in list(axes.flat)[len(panels):]:
         ax.set_visible(False)
-    names = sorted(legend)
-    fig.legend([legend[n] for n in names], names, fontsize=8, loc="upper right", ncols=min(len(names), 4))
     ceil = doc.get("ceilings", {})
-    sub = (f"{doc.get('device')}, torch {doc.get('torch')}, commit {str(doc.get('commit'))[:10]}; ceilings: copy "
-           f"{ceil.get('copy_gbps', 0):.3g} GB/s, matmul {ceil.get('matmul_tflops', 0):.3g} TFLOP/s\n"
+    commit = str(doc.get("commit"))
+    if all(c in "0123456789abcdef" for c in commit) and len(commit) > 10:
+        commit = commit[:10]
+    sub = (f"{doc.get('device')}, torch {doc.get('torch')}, commit {commit}; ceilings: copy "
+           f"{ceil.get('copy_gbps', 0):.3g} GB/s, matmul {ceil.get('matmul_tflops', 0):.3g} TFLOP/s; "
            "bars: baseline time / fastxf time, > 1: fastxf faster")
-    fig.suptitle((title or _title(doc)) + "\n" + sub, fontsize=9, x=0.01, ha="left")
-    fig.tight_layout(rect=(0, 0, 1, 1 - 0.75 / fig_h))
+    lines = [title or _title(doc)] + textwrap.wrap(sub, width=int(fig_w * 14))
+    fig.suptitle("\n".join(lines), fontsize=9, x=0.01, ha="left")
+    fig.tight_layout(rect=(0, 0, 1, 1 - (0.05 + 0.16 * len(lines)) / fig_h))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
