@@ -11,11 +11,14 @@ import sys
 import pytest
 import torch
 
+import fastxf
 from fastxf.bench import main
 from fastxf.bench import plot as bench_plot
 from fastxf.bench.harness import DTYPES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Subprocesses import the fastxf this test process uses (a dev build in python/ or the installed one).
+FASTXF_PATH = os.path.dirname(os.path.dirname(os.path.abspath(fastxf.__file__)))
 HAS_MPL = bench_plot.have_matplotlib()
 
 
@@ -95,8 +98,6 @@ def test_cuda_without_gpu(capsys, argv):
 
 def test_dtype_the_gpu_cannot_run(capsys, monkeypatch):
     # Simulates a pre-Ampere GPU (the kernels need sm_80) on any machine.
-    import fastxf
-
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(fastxf, "cuda_kernels_built", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
@@ -106,7 +107,7 @@ def test_dtype_the_gpu_cannot_run(capsys, monkeypatch):
 
 
 def test_module_entry_point_reports_errors_without_traceback(tmp_path):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "python"), os.environ.get("PYTHONPATH", "")]))
+    env = dict(os.environ, PYTHONPATH=FASTXF_PATH)
     p = subprocess.run([sys.executable, "-m", "fastxf", "bench", "not-a-model", "--device", "cpu"],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert p.returncode == 2
@@ -225,7 +226,7 @@ def test_plot_command_on_committed_results(tmp_path):
 
 @pytest.mark.parametrize("script", ["bench_norm", "bench_attention_prefill", "bench_attention_decode"])
 def test_repository_scripts_reuse_the_package(tmp_path, script):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.join(ROOT, "python"), ROOT]))
+    env = dict(os.environ, PYTHONPATH=FASTXF_PATH)
     ceilings = tmp_path / "ceilings.json"  # as run_all.py passes them: measured once for all scripts
     ceilings.write_text(json.dumps({"copy_gbps": 10.0, "matmul_tflops": 0.1}))
     p = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", f"{script}.py"), "--device", "cpu",
