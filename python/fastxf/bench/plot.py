@@ -118,7 +118,7 @@ def plot_or_explain(doc: dict, path: str) -> str | None:
         print(MISSING)
         return None
     if not _groups(doc):
-        print("no plot: no row has both fastxf and a baseline")
+        print(f"no plot for {path}: no (op, shape, dtype) has both a fastxf row and a baseline")
         return None
     plot(doc, path)
     print(f"wrote {path}")
