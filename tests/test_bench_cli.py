@@ -242,3 +242,17 @@ def test_repository_scripts_reuse_the_package(tmp_path, script):
 
 def test_dtypes_offered_are_the_kernels_dtypes():
     assert set(DTYPES) == {"float32", "float16", "bfloat16"}
+
+
+def test_cuda_grids_are_the_published_ones():
+    # The GPU runs in benchmarks/results/ (and scripts/gpu_check.sh's time budget) assume these sizes.
+    from fastxf.bench.ops import decode_cases, norm_cases, prefill_cases
+
+    half = [torch.bfloat16, torch.float16]
+    assert sum(1 for _ in norm_cases("cuda", half)) == 40
+    assert sum(1 for d in half for _ in prefill_cases("cuda", d)) == 39
+    assert sum(1 for _ in decode_cases("cuda")) == 20
+    norm_shapes = {(op, str(dt), r, h) for op, dt, r, h in norm_cases("cuda", half)}
+    with open(os.path.join(ROOT, "benchmarks", "results", "norm.json")) as f:
+        published = {(r["op"], "torch." + r["dtype"], *map(int, r["shape"].split("x"))) for r in json.load(f)["rows"]}
+    assert norm_shapes == published
