@@ -28,7 +28,7 @@ def main(argv=None) -> int:
 
     if not torch.cuda.is_available():
         print("benchmarks/run_all.py: no CUDA GPU visible; the benchmarks compare GPU kernels "
-              "(CPU: python benchmarks/bench_attention_cpu.py)", file=sys.stderr)
+              "(CPU: python -m fastxf bench ops --device cpu)", file=sys.stderr)
         return 2
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
     from common import measure_ceilings

@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("info", help="how fastxf was built and what it sees")
     sub.add_parser("demo", help="optimize a built-in model, check it against HF, time it", add_help=False)
-    sub.add_parser("bench", help="run the benchmarks (see benchmarks/)", add_help=False)
+    sub.add_parser("bench", help="is fastxf faster for MODEL here? (bench MODEL | bench ops | bench plot)",
+                   add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command == "info":
         return info()
