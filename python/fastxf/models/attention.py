@@ -277,11 +277,13 @@ def fastxf_mask(
     # Key index of query 0. None = the kernel's default, bottom-right alignment
     # (kv_length - q_length), which covers dynamic caches and no cache without
     # building a tensor; static caches give a device tensor (no host sync).
+    # int32, the kernels' type: an int64 offset would be range-checked by the op
+    # (a host sync on CUDA), and cache positions always fit.
     q_offset_keys = None
     if isinstance(q_offset, torch.Tensor):
-        q_offset_keys = (q_offset - kv_offset).reshape(()).to(device=device, dtype=torch.long)
+        q_offset_keys = (q_offset - kv_offset).reshape(()).to(device=device, dtype=torch.int32)
     elif int(q_offset) - int(kv_offset) != kv_length - q_length:
-        q_offset_keys = torch.tensor(int(q_offset) - int(kv_offset), dtype=torch.long, device=device)
+        q_offset_keys = torch.tensor(int(q_offset) - int(kv_offset), dtype=torch.int32, device=device)
     return FastxfMask(hf_args, key_padding, q_offset_keys, causal, window, reason)
 
 
