@@ -118,7 +118,8 @@ def test_padded_path_when_no_padding_or_unpad_off_or_hidden_states():
     full = torch.ones_like(mask)
     with torch.no_grad():
         before = counts()
-        assert rel_err(fx(input_ids=ids, attention_mask=full).last_hidden_state, ref(input_ids=ids, attention_mask=full).last_hidden_state) < REL_TOL
+        got = fx(input_ids=ids, attention_mask=full).last_hidden_state
+        assert rel_err(got, ref(input_ids=ids, attention_mask=full).last_hidden_state) < REL_TOL
         assert counts()[0] == before[0]  # no padding: today's path
         out = fx(input_ids=ids, attention_mask=mask, output_hidden_states=True)
         assert counts()[0] == before[0]  # hidden states requested: padded path, so they keep (B, S, H)

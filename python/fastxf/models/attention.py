@@ -6,10 +6,11 @@ Two entries, registered under the same name:
   (B, 1, Sq, Sk) mask it returns a `FastxfMask`, a compact description: causal
   or not, sliding window, where query 0 sits among the keys (`q_offset`, a
   tensor for static caches so nothing syncs), and a (B, Sk) bool key padding
-  mask (None when the caller gave no attention mask). Mask patterns it cannot
-  describe exactly (chunked attention, packed sequences, custom or/and mask
-  functions, bidirectional sliding windows) are marked inexact; the dense mask
-  is then built lazily, only for the call that falls back.
+  mask (None when the caller gave no attention mask). Packed sequences (reset
+  position_ids) become a `PackedSequences` for the varlen op (models/unpad.py).
+  Mask patterns it cannot describe exactly (chunked attention, custom or/and
+  mask functions, bidirectional sliding windows) are marked inexact; the dense
+  mask is then built lazily, only for the call that falls back.
 - `AttentionInterface["fastxf"]` (`fastxf_attention`): maps one attention call
   onto `fastxf.ops.attention` (GQA handled by the kernel, no repeat_kv), or
   falls back to the model's own eager attention (or sdpa) with the exact dense
@@ -304,11 +305,9 @@ def fastxf_attention(
     packed = attention_mask if isinstance(attention_mask, fx_unpad.PackedSequences) else None
     if packed is None:
         packed = fx_unpad.packed_from_kwargs(module, attention_mask, kwargs)
-    if packed is not None:
-        return fx_unpad.packed_attention(
-            module, query, key, value, packed, dropout, scaling, kwargs, _basic_reason(module, query, key, value, dropout, kwargs)
-        )
     reason = _basic_reason(module, query, key, value, dropout, kwargs)
+    if packed is not None:
+        return fx_unpad.packed_attention(module, query, key, value, packed, dropout, scaling, kwargs, reason)
     if reason is None and attention_mask is not None and not isinstance(attention_mask, FastxfMask):
         reason = "custom dense attention mask"
     if reason is None and isinstance(attention_mask, FastxfMask):

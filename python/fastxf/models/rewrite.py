@@ -151,7 +151,7 @@ def _rewrite_attention(model: nn.Module, state: _State) -> dict:
         "previous": previous[id(model.config)] if hasattr(model, "config") else None,
         "attention_modules": len(modules),
         "fallback_rule": "per call, to HF eager/sdpa: output_attentions, position bias / sinks, custom dense masks, "
-        "chunked/packed mask patterns, dropout in training",
+        "chunked/custom mask patterns, dropout in training (packed sequences run on the varlen op)",
     }
     if kept_configs:
         info["kept_configs"] = kept_configs

@@ -351,4 +351,7 @@ def find_encoder_stacks(model: torch.nn.Module) -> tuple[list, str | None]:
     for t in sorted(model_types):
         if t in NOT_UNPADDED:
             return [], NOT_UNPADDED[t]
-    return [], "no encoder layer stack fastxf knows how to unpad (BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT, BART/mBART encoders)"
+    return [], (
+        "no encoder layer stack fastxf knows how to unpad "
+        "(BERT, RoBERTa, XLM-RoBERTa, ELECTRA, DistilBERT, BART/mBART encoders)"
+    )
