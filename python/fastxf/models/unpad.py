@@ -114,6 +114,8 @@ def packed_from_kwargs(module, attention_mask, kwargs) -> PackedSequences | None
     cu_q, cu_k, max_q, max_k = vals
     from .attention import FastxfMask
 
+    if isinstance(attention_mask, FastxfMask) and attention_mask.key_padding is not None:
+        return None  # a padding mask wins over the packed kwargs, as in HF's flash-attention path
     if isinstance(attention_mask, FastxfMask) and attention_mask.reason is None:
         causal, window = attention_mask.causal, attention_mask.window
     else:  # what HF's flash path does: the module's causality and the model's sliding window
