@@ -34,4 +34,16 @@ TORCH_LIBRARY(fastxf, m) {
   m.def(
       "attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask=None, Tensor? q_offset=None, "
       "bool causal=False, float? scale=None, int window=0, float softcap=0.0, Tensor? alibi_slopes=None) -> Tensor");
+
+  // Attention over packed variable-length sequences (FlashAttention-2's
+  // flash_attn_varlen_func convention). q (total_q, Hq, D), k / v (total_k, Hkv, D);
+  // cu_seqlens_q / cu_seqlens_k int32 (batch + 1,) offsets starting at 0, ending at
+  // total_q / total_k: sequence b is rows [cu[b], cu[b+1]) and attends only to its
+  // own keys. max_seqlen_* bound every sequence's length. causal is bottom-right
+  // aligned per sequence; window, softcap and scale as in attention. Empty
+  // sequences own no rows; queries of a sequence without keys are 0.
+  // The output has q's shape (total_q, Hq, D), contiguous: no data-dependent size.
+  m.def(
+      "attention_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
+      "int max_seqlen_k, bool causal=False, float? scale=None, int window=0, float softcap=0.0) -> Tensor");
 }

@@ -6,10 +6,11 @@ Two entries, registered under the same name:
   (B, 1, Sq, Sk) mask it returns a `FastxfMask`, a compact description: causal
   or not, sliding window, where query 0 sits among the keys (`q_offset`, a
   tensor for static caches so nothing syncs), and a (B, Sk) bool key padding
-  mask (None when the caller gave no attention mask). Mask patterns it cannot
-  describe exactly (chunked attention, packed sequences, custom or/and mask
-  functions, bidirectional sliding windows) are marked inexact; the dense mask
-  is then built lazily, only for the call that falls back.
+  mask (None when the caller gave no attention mask). Packed sequences (reset
+  position_ids) become a `PackedSequences` for the varlen op (models/unpad.py).
+  Mask patterns it cannot describe exactly (chunked attention, custom or/and
+  mask functions, bidirectional sliding windows) are marked inexact; the dense
+  mask is then built lazily, only for the call that falls back.
 - `AttentionInterface["fastxf"]` (`fastxf_attention`): maps one attention call
   onto `fastxf.ops.attention` (GQA handled by the kernel, no repeat_kv), or
   falls back to the model's own eager attention (or sdpa) with the exact dense
@@ -33,6 +34,7 @@ import torch.utils._pytree
 
 from .. import _extension
 from ..ops import attention as fastxf_attention_op
+from . import unpad as fx_unpad
 
 NAME = "fastxf"
 
@@ -255,6 +257,10 @@ def fastxf_mask(
         use_vmap=kwargs.get("use_vmap", False),
         device=device,
     )
+    if attention_mask is None:  # packed sequences from reset position_ids: the varlen op's job
+        packed = fx_unpad.packed_from_mask_function(mask_function, batch_size, q_length, kv_length)
+        if packed is not None:
+            return packed
     described = describe_mask_function(mask_function)
     reason = None
     causal, window = (False, 0) if described is None else described
@@ -329,6 +335,21 @@ def _kernels_for(device: torch.device) -> bool:
     return device.type == "cpu" or (device.type == "cuda" and _extension.cuda_kernels_built())
 
 
+def _basic_reason(module, query, key, value, dropout, kwargs) -> str | None:
+    """Why fastxf cannot run this call whatever the mask, else None."""
+    if _wants_attention_weights(kwargs):
+        return "output_attentions"
+    if dropout and module.training:
+        return "dropout in training"
+    if query.dtype not in (torch.float32, torch.float16, torch.bfloat16) or key.dtype != query.dtype:
+        return f"dtype {query.dtype}"
+    if value.shape != key.shape or query.shape[-1] != key.shape[-1] or query.shape[1] % key.shape[1] != 0:
+        return "q/k/v shapes (different value head dim or head counts)"
+    if not _kernels_for(query.device):
+        return f"no fastxf kernels for {query.device}"
+    return None
+
+
 def fastxf_attention(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -340,23 +361,20 @@ def fastxf_attention(
     **kwargs: Any,
 ):
     """AttentionInterface entry. query (B, Hq, Sq, D), key / value (B, Hkv, Sk, D)
-    -> (output (B, Sq, Hq, D), None), or HF's own result when falling back."""
-    reason = None
-    if _wants_attention_weights(kwargs):
-        reason = "output_attentions"
-    elif dropout and module.training:
-        reason = "dropout in training"
-    elif attention_mask is not None and not isinstance(attention_mask, FastxfMask):
+    -> (output (B, Sq, Hq, D), None), or HF's own result when falling back.
+    Packed sequences (fastxf's padding-free encoders, transformers' cu_seq_lens_*
+    kwargs or reset position_ids) go to the varlen op (models/unpad.py)."""
+    packed = attention_mask if isinstance(attention_mask, fx_unpad.PackedSequences) else None
+    if packed is None:
+        packed = fx_unpad.packed_from_kwargs(module, attention_mask, kwargs)
+    reason = _basic_reason(module, query, key, value, dropout, kwargs)
+    if packed is not None:
+        return fx_unpad.packed_attention(module, query, key, value, packed, dropout, scaling, kwargs, reason)
+    if reason is None and attention_mask is not None and not isinstance(attention_mask, FastxfMask):
         reason = "custom dense attention mask"
-    elif isinstance(attention_mask, FastxfMask) and attention_mask.reason is not None:
+    if reason is None and isinstance(attention_mask, FastxfMask):
         reason = attention_mask.reason
-    elif query.dtype not in (torch.float32, torch.float16, torch.bfloat16) or key.dtype != query.dtype:
-        reason = f"dtype {query.dtype}"
-    elif value.shape != key.shape or query.shape[-1] != key.shape[-1] or query.shape[1] % key.shape[1] != 0:
-        reason = "q/k/v shapes (different value head dim or head counts)"
-    elif not _kernels_for(query.device):
-        reason = f"no fastxf kernels for {query.device}"
-    else:
+    if reason is None:
         for k, v in kwargs.items():
             if k in ("softcap", "sliding_window", "is_causal", "output_attentions") or k in _HARMLESS_KWARGS:
                 continue

@@ -29,6 +29,7 @@ from . import adapters as fx_adapters
 from . import attention as fx_attention
 from . import fused as fx_fused
 from . import norms as fx_norms
+from . import unpad as fx_unpad
 
 logger = logging.getLogger("fastxf")
 
@@ -42,6 +43,7 @@ class _State:
         self.norms: list = []  # [(parent, attr name, original, replacement)]
         self.fused: list = []  # layers with an instance-bound forward
         self.adapters = None  # fastxf.models.adapters.Installed (attention modules outside the interface)
+        self.unpadders: list = []  # fx_unpad.Unpadder, hooks on encoder layer stacks
         self.placed = False
         self.report: dict = {}
 
@@ -154,7 +156,7 @@ def _rewrite_attention(model: nn.Module, state: _State) -> dict:
         "previous": previous[id(model.config)] if hasattr(model, "config") else None,
         "attention_modules": len(modules),
         "fallback_rule": "per call, to HF eager/sdpa: output_attentions, position bias / sinks, custom dense masks, "
-        "chunked/packed mask patterns, dropout in training",
+        "chunked/custom mask patterns, dropout in training (packed sequences run on the varlen op)",
     }
     if kept_configs:
         info["kept_configs"] = kept_configs
@@ -204,8 +206,27 @@ def _fuse_residuals(model: nn.Module, state: _State) -> dict:
     return {"fused": fused, "not_fused": not_fused}
 
 
-def _check_options(attention, norms, fused_residual, devices, placement, micro_batches, max_memory):
-    for name, v in (("attention", attention), ("norms", norms), ("fused_residual", fused_residual)):
+def _rewrite_unpad(model: nn.Module, state: _State, attention_report: dict) -> dict:
+    if attention_report.get("status") != "rewritten":
+        return {"status": "off", "reason": "the padding-free path needs fastxf attention (attention was not rewritten)"}
+    stacks, why = fx_unpad.find_encoder_stacks(model)
+    if not stacks:
+        return {"status": "off", "reason": why}
+    for name, layers in stacks:
+        u = fx_unpad.Unpadder(name, layers)
+        u.attach()
+        state.unpadders.append(u)
+    return {
+        "status": "on",
+        "encoders": [name for name, _ in stacks],
+        "rule": "padded batches run the encoder layers on real tokens only (varlen attention), padded positions "
+        "of the output are zeros; batches without padding, training, output_hidden_states/attentions, "
+        "torch.compile and non-CPU devices take the padded path",
+    }
+
+
+def _check_options(attention, norms, fused_residual, devices, placement, micro_batches, max_memory, unpad=True):
+    for name, v in (("attention", attention), ("norms", norms), ("fused_residual", fused_residual), ("unpad", unpad)):
         if not isinstance(v, bool):
             raise ValueError(f"fastxf.optimize: {name} must be True or False, got {v!r}")
     if devices is not None and (isinstance(devices, str) or not hasattr(devices, "__len__") or len(devices) == 0):
@@ -226,14 +247,17 @@ def optimize(
     placement=None,
     micro_batches: int = 1,
     max_memory=None,
+    unpad: bool = True,
 ) -> nn.Module:
     """Rewrites this model instance onto fastxf's kernels, in place; returns it.
 
     attention / norms / fused_residual choose the rewrites; devices, placement,
     micro_batches and max_memory place the layers across devices (see
-    fastxf.placement). Calling it again first undoes the previous call.
+    fastxf.placement). unpad runs BERT-family / BART encoders on the real tokens
+    of padded batches only (fastxf.models.unpad). Calling it again first undoes
+    the previous call.
     """
-    _check_options(attention, norms, fused_residual, devices, placement, micro_batches, max_memory)
+    _check_options(attention, norms, fused_residual, devices, placement, micro_batches, max_memory, unpad)
     if not isinstance(model, nn.Module):
         raise ValueError(f"fastxf.optimize: model must be a torch.nn.Module, got {type(model).__name__}")
     if getattr(model, _STATE, None) is not None:
@@ -246,12 +270,14 @@ def optimize(
         placement=placement,
         micro_batches=micro_batches,
         max_memory=max_memory,
+        unpad=unpad,
     )
     state = _State(options)
     model.__dict__[_STATE] = state
     try:
         report = {"model": type(model).__name__, "model_type": getattr(getattr(model, "config", None), "model_type", None)}
         report["attention"] = _rewrite_attention(model, state) if attention else {"status": "kept", "reason": "attention=False"}
+        report["unpad"] = _rewrite_unpad(model, state, report["attention"]) if unpad else {"status": "off", "reason": "unpad=False"}
         report["norms"] = _rewrite_norms(model, state) if norms else {"replaced": [], "kept": [], "reason": "norms=False"}
         if fused_residual:
             report["fused_residual"] = _fuse_residuals(model, state)
@@ -287,6 +313,8 @@ def revert(model: nn.Module) -> nn.Module:
             raise NotImplementedError(f"fastxf.revert: the model was placed but fastxf.placement is missing ({e})") from e
         remove_placement(model)
         state.placed = False
+    for u in state.unpadders:
+        u.detach()
     for layer in state.fused:
         fx_fused.unfuse_layer(layer)
     for parent, name, original, replacement in reversed(state.norms):
@@ -312,7 +340,13 @@ def explain(model: nn.Module) -> dict:
     else:
         report = dict(state.report, optimized=True, options={k: v for k, v in state.options.items() if k != "max_memory"})
         runtime = {k[len("fallback:") :]: v for k, v in fx_attention.CALLS.items() if k.startswith("fallback:")}
-        report["attention_calls"] = {"fastxf": fx_attention.CALLS.get("fastxf", 0), "fallbacks": runtime}
+        report["attention_calls"] = {
+            "fastxf": fx_attention.CALLS.get("fastxf", 0),
+            "fastxf_varlen": fx_attention.CALLS.get("fastxf_varlen", 0),
+            "fallbacks": runtime,
+        }
+        if state.unpadders:  # which path the encoder forwards took, and how many tokens they skipped
+            report["unpad"] = dict(report["unpad"], calls={u.name: dict(u.calls) for u in state.unpadders})
     logger.info("fastxf.explain: %s", json.dumps(report, default=str))
     return report
 

@@ -2,6 +2,7 @@
 torch.compile / meta tensors, and autograd formulas."""
 
 from .attention import attention
+from .attention_varlen import attention_varlen
 from .norm import layer_norm, rms_norm
 
-__all__ = ["attention", "layer_norm", "rms_norm"]
+__all__ = ["attention", "attention_varlen", "layer_norm", "rms_norm"]

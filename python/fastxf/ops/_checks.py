@@ -106,3 +106,63 @@ def check_attention_args(q, k, v, key_padding_mask, q_offset, window, softcap, a
                 f"(batch, q_heads) = ({batch}, {q_heads}), got {tuple(alibi_slopes.shape)}"
             )
         check_same_device(alibi_slopes, q, "alibi_slopes", "q", op)
+
+
+def check_attention_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, window, softcap) -> None:
+    """Metadata checks only (shapes, dtypes, devices): the offsets' values are data, checked by
+    check_cu_seqlens_values on CPU and by the C++ op, never while tracing."""
+    op = "attention_varlen"
+    for name, t, dims in (
+        ("q", q, "(total_q, q_heads, head_dim)"),
+        ("k", k, "(total_k, kv_heads, head_dim)"),
+        ("v", v, "(total_k, kv_heads, head_dim)"),
+    ):
+        if t.dim() != 3:
+            raise ValueError(f"fastxf.{op}: {name} must be 3-D {dims}, got shape {tuple(t.shape)}")
+        if t.shape[-1] > 1 and t.stride(-1) != 1:
+            raise ValueError(f"fastxf.{op}: {name}'s last dim must be contiguous (stride 1), got stride {t.stride(-1)}")
+    check_float(q, "q", op)
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"fastxf.{op}: q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    check_same_device(k, q, "k", "q", op)
+    check_same_device(v, q, "v", "q", op)
+    if k.shape != v.shape:
+        raise ValueError(f"fastxf.{op}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[2] != q.shape[2] or q.shape[2] == 0:
+        raise ValueError(f"fastxf.{op}: k has head_dim {k.shape[2]} but q has head_dim {q.shape[2]} (must match, > 0)")
+    if k.shape[1] == 0 or q.shape[1] % k.shape[1] != 0:
+        raise ValueError(f"fastxf.{op}: q_heads ({q.shape[1]}) must be a multiple of kv_heads ({k.shape[1]})")
+    for name, cu in (("cu_seqlens_q", cu_seqlens_q), ("cu_seqlens_k", cu_seqlens_k)):
+        if cu.dtype != torch.int32:
+            raise ValueError(f"fastxf.{op}: {name} must be int32 (flash_attn_varlen_func's convention), got {cu.dtype}")
+        if cu.dim() != 1 or cu.shape[0] < 1:
+            raise ValueError(f"fastxf.{op}: {name} must be 1-D (batch + 1,), got shape {tuple(cu.shape)}")
+        check_same_device(cu, q, name, "q", op)
+    if cu_seqlens_q.shape != cu_seqlens_k.shape:
+        raise ValueError(
+            f"fastxf.{op}: cu_seqlens_q and cu_seqlens_k must have the same length (batch + 1), got "
+            f"{cu_seqlens_q.shape[0]} and {cu_seqlens_k.shape[0]}"
+        )
+    for name, m in (("max_seqlen_q", max_seqlen_q), ("max_seqlen_k", max_seqlen_k)):
+        if m < 0:
+            raise ValueError(f"fastxf.{op}: {name} must be >= 0, got {m}")
+    if window < 0:
+        raise ValueError(f"fastxf.{op}: window must be >= 0 (0 = no sliding window), got {window}")
+    if softcap < 0:
+        raise ValueError(f"fastxf.{op}: softcap must be >= 0 (0 = no softcap), got {softcap}")
+
+
+def check_cu_seqlens_values(cu: torch.Tensor, name: str, total: int, max_seqlen: int, max_name: str) -> None:
+    """Value checks of one offsets tensor (reads it: call on CPU tensors, outside tracing)."""
+    op = "attention_varlen"
+    vals = cu.tolist()
+    if vals[0] != 0:
+        raise ValueError(f"fastxf.{op}: {name}[0] must be 0, got {vals[0]}")
+    for i in range(1, len(vals)):
+        n = vals[i] - vals[i - 1]
+        if n < 0:
+            raise ValueError(f"fastxf.{op}: {name} must be non-decreasing, got {name}[{i}] = {vals[i]} < {vals[i - 1]}")
+        if n > max_seqlen:
+            raise ValueError(f"fastxf.{op}: {max_name} = {max_seqlen} is smaller than sequence {i - 1}'s length {n}")
+    if vals[-1] != total:
+        raise ValueError(f"fastxf.{op}: the last entry of {name} must equal the number of packed rows ({total}), got {vals[-1]}")

