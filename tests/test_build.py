@@ -18,7 +18,7 @@ def test_build_info():
         assert info["cuda_archs"]
 
 
-@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "attention"])
+@pytest.mark.parametrize("op", ["layer_norm", "rms_norm", "attention", "attention_varlen"])
 def test_ops_registered(op):
     schema = str(getattr(torch.ops.fastxf, op).default._schema)
     assert schema.startswith(f"fastxf::{op}(")
