@@ -1,10 +1,13 @@
 """Forward-only replacements for LayerNorm and RMSNorm modules.
 
 A `FastxfNorm` borrows the original module's parameters (the same Parameter
-objects under the same names) and plain attributes (eps, variance_epsilon,
-normalized_shape, ...), so the state dict and code that reads those attributes
-see no change. Which formula a module computes is decided by structure and
-checked by a probe, never by class name:
+objects under the same names) and reads and writes its plain attributes (eps,
+variance_epsilon, normalized_shape, ...) on the original, live, so the state
+dict, code that reads those attributes and code that sets them later see no
+change. It is an instance of a subclass of the original's class with the same
+name, so class-name and isinstance checks still recognise the norm. Which
+formula a module computes is decided by structure and checked by a probe,
+never by class name:
 
 - candidates come from the parameters: weight + bias -> LayerNorm; weight only
   -> Llama-style RMSNorm (weight * normed.to(x.dtype), output dtype promoted),
