@@ -21,8 +21,9 @@ interleaved round by round and each keeps its best round (the minimum is the
 least disturbed by other processes); ratios are between figures of the same
 run. On CPU the clock is the thread's CPU time (one thread), so time spent
 waiting for a core shared with other processes is not counted. Writes host_overhead.json (schema: device, torch, transformers, commit,
-config, rows [{impl, layers, step_us}], per_layer_us, attention_kernel_call_us,
-per_layer_without_attention_kernel_us, ratios).
+config, rows [{phase, impl, layers, step_us}], per_layer_us {phase: {impl: us}},
+attention_kernel_call_us, decode_per_layer_without_attention_kernel_us, ratios).
+The same slope is measured for a prefill of the PROMPT tokens (no cache).
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def build(layers, impl, device):
 
 
 def stepper(model, device):
-    """A function running one decode step over a fixed-length cache."""
+    """Functions running one decode step over a fixed-length cache, and one prefill of the prompt."""
     from transformers import DynamicCache
 
     gen = torch.Generator().manual_seed(1)
@@ -81,7 +82,11 @@ def stepper(model, device):
         cache.crop(-1)  # back to PROMPT tokens
         return out.logits
 
-    return step
+    def prefill():
+        with torch.no_grad():
+            return model(input_ids=prompt, attention_mask=mask[:, :PROMPT], use_cache=False, logits_to_keep=1).logits
+
+    return {"decode": step, "prefill": prefill}
 
 
 def kernel_steps(device):
@@ -142,11 +147,11 @@ def main(argv=None) -> int:
     for impl in IMPLS:
         for layers in (L_SHALLOW, L_DEEP):
             model = build(layers, impl, device)
-            steps[impl, layers] = stepper(model, device)
-            outputs[impl, layers] = steps[impl, layers]()
-    for layers in (L_SHALLOW, L_DEEP):  # the same answer from every implementation
-        for impl in IMPLS[1:]:
-            torch.testing.assert_close(outputs["fastxf", layers], outputs[impl, layers], atol=1e-4, rtol=1e-4)
+            for phase, fn in stepper(model, device).items():
+                steps[phase, impl, layers] = fn
+                outputs[phase, impl, layers] = fn()
+    for phase, impl, layers in outputs:  # the same answer from every implementation
+        torch.testing.assert_close(outputs[phase, impl, layers], outputs[phase, "fastxf", layers], atol=1e-4, rtol=1e-4)
 
     kernels = kernel_steps(device)
     best = {key: float("inf") for key in steps}
@@ -157,20 +162,26 @@ def main(argv=None) -> int:
         for impl, fn in kernels.items():
             kernel_best[impl] = min(kernel_best[impl], time_us(fn, device, 5 * args.calls))
 
-    rows = [{"impl": impl, "layers": layers, "step_us": round(best[impl, layers], 1)} for impl, layers in best]
-    per_layer = {impl: (best[impl, L_DEEP] - best[impl, L_SHALLOW]) / (L_DEEP - L_SHALLOW) for impl in IMPLS}
-    ratios = {f"fastxf/{impl}": per_layer["fastxf"] / per_layer[impl] for impl in IMPLS[1:]}
-    # Everything but the attention kernel (the part this Python path controls).
-    around = {impl: per_layer[impl] - kernel_best[impl] for impl in kernels}
-    ratios["fastxf/sdpa without the attention kernel"] = around["fastxf"] / around["sdpa"]
-    print(f"host time per decode step, tiny Llama, batch 1, cache {PROMPT} tokens, {device_name(device)}")
-    print(f"{'impl':>8} | {f'{L_SHALLOW} layers us':>14} | {f'{L_DEEP} layers us':>14} | {'per layer us':>12}")
-    for impl in IMPLS:
-        print(f"{impl:>8} | {best[impl, L_SHALLOW]:14.1f} | {best[impl, L_DEEP]:14.1f} | {per_layer[impl]:12.1f}")
+    rows = [{"phase": ph, "impl": impl, "layers": n, "step_us": round(t, 1)} for (ph, impl, n), t in best.items()]
+    per_layer = {
+        phase: {impl: (best[phase, impl, L_DEEP] - best[phase, impl, L_SHALLOW]) / (L_DEEP - L_SHALLOW) for impl in IMPLS}
+        for phase in ("decode", "prefill")
+    }
+    ratios = {f"{phase} fastxf/{impl}": per_layer[phase]["fastxf"] / per_layer[phase][impl]
+              for phase in per_layer for impl in IMPLS[1:]}
+    # Decode without the attention kernel call: the part this Python path controls.
+    around = {impl: per_layer["decode"][impl] - kernel_best[impl] for impl in kernels}
+    ratios["decode fastxf/sdpa without the attention kernel"] = around["fastxf"] / around["sdpa"]
+    print(f"host time per step, tiny Llama, batch 1, {PROMPT}-token prompt / cache, {device_name(device)}")
+    print(f"{'phase':>8} | {'impl':>8} | {f'{L_SHALLOW} layers us':>14} | {f'{L_DEEP} layers us':>14} | {'per layer us':>12}")
+    for phase in per_layer:
+        for impl in IMPLS:
+            print(f"{phase:>8} | {impl:>8} | {best[phase, impl, L_SHALLOW]:14.1f} | {best[phase, impl, L_DEEP]:14.1f} | "
+                  f"{per_layer[phase][impl]:12.1f}")
     for impl, us in kernel_best.items():
-        print(f"{impl} attention kernel call alone: {us:.1f} us; per layer without it: {around[impl]:.1f} us")
+        print(f"{impl} decode attention kernel call alone: {us:.1f} us; decode per layer without it: {around[impl]:.1f} us")
     for k, v in ratios.items():
-        print(f"per-layer host time {k}: {v:.2f}x")
+        print(f"per-layer time {k}: {v:.2f}x")
 
     import transformers
 
@@ -182,9 +193,9 @@ def main(argv=None) -> int:
         "config": dict(SIZES, layers=[L_SHALLOW, L_DEEP], batch=1, cache_tokens=PROMPT, rounds=args.rounds,
                        calls=args.calls, threads=torch.get_num_threads()),
         "rows": rows,
-        "per_layer_us": {k: round(v, 1) for k, v in per_layer.items()},
+        "per_layer_us": {ph: {k: round(v, 1) for k, v in d.items()} for ph, d in per_layer.items()},
         "attention_kernel_call_us": {k: round(v, 1) for k, v in kernel_best.items()},
-        "per_layer_without_attention_kernel_us": {k: round(v, 1) for k, v in around.items()},
+        "decode_per_layer_without_attention_kernel_us": {k: round(v, 1) for k, v in around.items()},
         "ratios": {k: round(v, 3) for k, v in ratios.items()},
     }
     os.makedirs(args.out, exist_ok=True)
