@@ -111,7 +111,8 @@ class FastxfNorm(nn.Module):
         """Norm of x, or with `residual`: (norm(x + residual), x + residual)."""
         params = self._parameters
         w = params.get("weight")
-        eps = self.fastxf_eps
+        name = self._fastxf_eps_name  # fastxf_eps, inlined (once per norm per step)
+        eps = float(getattr(self._fastxf_original[0], name)) if name else self._fastxf_eps_default
         if self.fastxf_kind == "layer_norm":
             out, new_residual = _dispatch.call(_dispatch.op("layer_norm"), x, w, params.get("bias"), eps, residual, None)
         else:
