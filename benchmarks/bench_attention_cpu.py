@@ -9,7 +9,6 @@ must be <= 2). Run: PYTHONPATH=python python benchmarks/bench_attention_cpu.py
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch

@@ -46,7 +46,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
 
 import fastxf
 from fastxf.models import attention as fx_attention
-from fastxf.placement import discover, placement_of, remove_placement
+from fastxf.placement import discover, placement_of
 from fastxf.placement import runtime
 
 VOCAB = 97

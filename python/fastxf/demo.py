@@ -5,13 +5,16 @@ The model is built from a config typed in below, with random weights (nothing
 is downloaded). Checks: logits on a left-padded batch against
 attn_implementation="eager", and greedy generate tokens. Then a small speed
 table: prefill latency and decode tokens/s for fastxf, HF eager and HF sdpa,
-all on the same weights. CPU: float32, a small model; CUDA: bfloat16, a
-TinyLlama-sized model.
+all on the same weights (one copy of the model each, rounds interleaved, best
+round kept), and the measured fastxf / HF sdpa ratios as the verdict, whichever
+way they go. CPU: float32, a small model; CUDA: bfloat16, a TinyLlama-sized
+model.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
 
@@ -84,6 +87,15 @@ def _inputs(name, model, batch, seq, device):
     return ids.to(device), mask.to(device)
 
 
+IMPLS = ("fastxf", "sdpa", "eager")
+
+
+def _ratio(what, speedup) -> str:
+    if speedup != speedup:  # nan: too noisy to measure
+        return f"{what} not measured (too noisy)"
+    return f"{what} {speedup:.2f}x ({'faster' if speedup >= 1.0 else 'slower'})"
+
+
 def use_implementation(model, impl):
     """Switch the one model instance between implementations."""
     import fastxf
@@ -101,6 +113,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when usable, else cpu)")
     p.add_argument("--model", choices=sorted(CONFIGS), default="llama")
     p.add_argument("--new-tokens", type=int, default=None, help="tokens to decode (default 16 on CPU, 64 on CUDA)")
+    p.add_argument("--rounds", type=int, default=None, help="timing rounds, best kept (default 5 on CPU, 3 on CUDA)")
     args = p.parse_args(argv)
 
     import fastxf
@@ -124,7 +137,7 @@ def main(argv=None) -> int:
     ids, mask = _inputs(args.model, model, batch, seq, device)
     valid = mask.bool()
 
-    def forward():
+    def forward():  # on whichever model `model` names when called
         with torch.no_grad():
             out = model(input_ids=ids, attention_mask=mask)
         return out.logits if causal else out.last_hidden_state
@@ -157,26 +170,38 @@ def main(argv=None) -> int:
             msg = f"diverge after {agree} new tokens"
             print(f"greedy generate: {msg}" + (" (bf16 rounding; fp32 on CPU must be identical)" if dtype != torch.float32 else ""))
             ok = ok and dtype != torch.float32
-    # 2. Speed, same weights, three attention implementations.
-    rows = []
-    for impl in ("fastxf", "sdpa", "eager"):
-        use_implementation(model, impl)
-        prefill = _time_s(forward, device)
-        row = [impl, f"{prefill * 1e3:9.1f}"]
-        if causal:
-            # Decode steps alone: generate(N) minus generate(1), which share the prefill and the setup.
-            runs = 1 if device.type == "cpu" else 2
-            one = _time_s(lambda: generate(1), device, runs=runs)
-            total = _time_s(generate, device, runs=runs)
-            decode = total - one
-            row.append(f"{batch * (new_tokens - 1) / decode:12.1f}" if decode > 0 else "noisy")
-        rows.append(row)
+    # 2. Speed, same weights, three implementations, each on its own copy of the
+    # model (no switching between timings). Rounds interleave the implementations
+    # and each keeps its best round, so a busy machine slows all of them alike.
     fastxf.revert(model)
+    models = {}
+    for impl in IMPLS:
+        models[impl] = copy.deepcopy(model)
+        use_implementation(models[impl], impl)
+    rounds = args.rounds or (5 if device.type == "cpu" else 3)
+    prefill = {impl: float("inf") for impl in IMPLS}
+    decode = {impl: float("inf") for impl in IMPLS}
+    for _ in range(rounds):
+        for impl in IMPLS:
+            model = models[impl]
+            prefill[impl] = min(prefill[impl], _time_s(forward, device, runs=1, warmup=1))
+            if causal:
+                # Decode steps alone: generate(N) minus generate(1), which share the prefill and the setup.
+                total = _time_s(generate, device, runs=1, warmup=0)
+                one = _time_s(lambda: generate(1), device, runs=1, warmup=0)
+                decode[impl] = min(decode[impl], total - one if total > one else float("inf"))
+    tok_s = {impl: batch * (new_tokens - 1) / t if t != float("inf") else 0.0 for impl, t in decode.items()}
     head = ["impl", "prefill ms"] + (["decode tok/s"] if causal else [])
     print()
     print(" | ".join(f"{h:>12}" for h in head))
-    for r in rows:
-        print(" | ".join(f"{c.strip():>12}" for c in r))
+    for impl in IMPLS:
+        row = [impl, f"{prefill[impl] * 1e3:.1f}"] + ([f"{tok_s[impl]:.1f}"] if causal else [])
+        print(" | ".join(f"{c:>12}" for c in row))
     print(f"\n({device.type}: {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'CPU'}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads)")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {rounds} interleaved rounds)")
+    # The verdict is the measured ratios, whichever way they go.
+    parts = [_ratio("prefill", prefill["sdpa"] / prefill["fastxf"])]
+    if causal:
+        parts.append(_ratio("decode", tok_s["fastxf"] / tok_s["sdpa"] if tok_s["sdpa"] else float("nan")))
+    print("fastxf vs HF sdpa on this machine: " + ", ".join(parts))
     return 0 if ok else 1

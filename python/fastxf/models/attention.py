@@ -33,8 +33,8 @@ import torch
 import torch.utils._pytree
 
 from .. import _extension
-from ..ops import attention as fastxf_attention_op
 from . import unpad as fx_unpad
+from . import _dispatch
 
 NAME = "fastxf"
 
@@ -63,19 +63,35 @@ _HARMLESS_KWARGS = frozenset(
         "logits_to_keep",
         "is_first_iteration",
         "kwargs",
+        # Loss bookkeeping that Trainer / the loss functions thread through the
+        # model's **kwargs (it reaches every attention call in training).
+        "num_items_in_batch",
+        "shift_labels",
     }
 )
+# Handled by fastxf_attention itself.
+_HANDLED_KWARGS = frozenset({"softcap", "sliding_window", "is_causal", "output_attentions"})
+_IGNORED_KWARGS = _HARMLESS_KWARGS | _HANDLED_KWARGS
+
+
+_is_compiling = torch.compiler.is_compiling
 
 
 def _count(key: str) -> None:
-    if not torch.compiler.is_compiling():
+    if not _is_compiling():
         CALLS[key] += 1
 
 
-def _mask_utils():
-    from transformers import masking_utils
+_MASK_UTILS = None
 
-    return masking_utils
+
+def _mask_utils():
+    global _MASK_UTILS
+    if _MASK_UTILS is None:  # imported on first use: transformers is optional for fastxf.ops
+        from transformers import masking_utils
+
+        _MASK_UTILS = masking_utils
+    return _MASK_UTILS
 
 
 def _closure_cells(fn, factory: str) -> dict | None:
@@ -376,9 +392,7 @@ def fastxf_attention(
         reason = attention_mask.reason
     if reason is None:
         for k, v in kwargs.items():
-            if k in ("softcap", "sliding_window", "is_causal", "output_attentions") or k in _HARMLESS_KWARGS:
-                continue
-            if v is None or v is False:
+            if v is None or v is False or k in _IGNORED_KWARGS:
                 continue
             reason = f"extra attention input {k!r}"
             break
@@ -415,17 +429,12 @@ def fastxf_attention(
         key = key.contiguous()
     if value.stride(-1) != 1:
         value = value.contiguous()
-    _count("fastxf")
-    out = fastxf_attention_op(
-        query,
-        key,
-        value,
-        causal=causal,
-        scale=scaling,
-        key_padding_mask=key_padding,
-        q_offset=q_offset,
-        window=int(window),
-        softcap=float(softcap),
+    if not _is_compiling():  # _count("fastxf"), inlined: this runs once per layer per step
+        CALLS["fastxf"] += 1
+    # The op directly (see _dispatch): everything the Python wrapper would
+    # check is either checked above or repeated by the C++ op.
+    out = _dispatch.call(
+        _dispatch.op("attention"), query, key, value, key_padding, q_offset, causal, scaling, int(window), float(softcap), None
     )
     # The op returns a (B, H, Sq, D) view of a contiguous (B, Sq, H, D) buffer:
     # HF's layout is that buffer, so this transpose is free.

@@ -12,7 +12,10 @@ the normalised sum and the sum. The fused forward is bound to the layer
 instance (never its class), and only where the layer has exactly that
 structure: the four children above, the post-attention norm already a fastxf
 norm, a forward taking `hidden_states` first; then a probe runs the class's
-forward and the fused one on the same random input and must agree.
+forward and the fused one on the same random input and must agree. Calls that
+transformers would gradient-checkpoint run the class's forward instead (HF
+checkpoints by wrapping the class's forward, which an instance-bound forward
+would otherwise hide).
 """
 
 from __future__ import annotations
@@ -46,14 +49,20 @@ def _fused_forward_for(layer: nn.Module):
     sig = inspect.signature(type(layer).forward)
     names = list(sig.parameters)[1:]  # without self
     plain = [n for n in names if sig.parameters[n].kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,)]
+    positional = plain[1:]  # after hidden_states
 
     def forward(self, hidden_states, *args, **kwargs):
-        # Pass every argument on to self_attn by name, as the original forward does.
-        attn_kwargs = dict(zip(plain[1:], args))
-        attn_kwargs.update(kwargs)
+        # Gradient checkpointing: transformers wraps the layer *class's* forward
+        # to checkpoint it, which this instance-bound forward would bypass. When
+        # that wrapper would checkpoint this call, hand the call to it (it then
+        # runs the class's unfused forward, on the fastxf norms).
+        if self.training and getattr(self, "gradient_checkpointing", False) and torch.is_grad_enabled():
+            return type(self).forward(self, hidden_states, *args, **kwargs)
+        if args:  # pass every argument on to self_attn by name, as the original forward does
+            kwargs = dict(zip(positional, args), **kwargs)
         residual = hidden_states
         h = self.input_layernorm(hidden_states)
-        out = self.self_attn(hidden_states=h, **attn_kwargs)
+        out = self.self_attn(hidden_states=h, **kwargs)
         h = out[0] if isinstance(out, tuple) else out
         h, residual = self.post_attention_layernorm(h, residual)
         h = self.mlp(h)

@@ -1,10 +1,13 @@
 """Forward-only replacements for LayerNorm and RMSNorm modules.
 
 A `FastxfNorm` borrows the original module's parameters (the same Parameter
-objects under the same names) and plain attributes (eps, variance_epsilon,
-normalized_shape, ...), so the state dict and code that reads those attributes
-see no change. Which formula a module computes is decided by structure and
-checked by a probe, never by class name:
+objects under the same names) and reads and writes its plain attributes (eps,
+variance_epsilon, normalized_shape, ...) on the original, live, so the state
+dict, code that reads those attributes and code that sets them later see no
+change. It is an instance of a subclass of the original's class with the same
+name, so class-name and isinstance checks still recognise the norm. Which
+formula a module computes is decided by structure and checked by a probe,
+never by class name:
 
 - candidates come from the parameters: weight + bias -> LayerNorm; weight only
   -> Llama-style RMSNorm (weight * normed.to(x.dtype), output dtype promoted),
@@ -23,9 +26,8 @@ import copy
 import torch
 from torch import nn
 
-from ..ops import layer_norm as fx_layer_norm
-from ..ops import rms_norm as fx_rms_norm
 from .adapters import norm_eps as fx_norm_eps
+from . import _dispatch
 
 EPS_NAMES = ("variance_epsilon", "eps", "epsilon", "layer_norm_eps", "norm_eps")
 
@@ -41,53 +43,121 @@ PROBE_TOL = {
 
 
 class FastxfNorm(nn.Module):
-    """LayerNorm / RMSNorm on torch.ops.fastxf; parameters borrowed from `original`."""
+    """LayerNorm / RMSNorm on torch.ops.fastxf; parameters and attributes live on `original`.
+
+    `FastxfNorm(original, kind, eps)` builds an instance of a subclass of both
+    FastxfNorm and type(original), named like it: code that recognises norms by
+    class name (HF's test utilities setting eps on every "...RMSNorm") or by
+    isinstance (the Trainer keeping nn.LayerNorm weights out of weight decay,
+    ALL_LAYERNORM_LAYERS-style lists) treats the replacement as the norm it is.
+    Plain attributes (eps, variance_epsilon, normalized_shape, ...) are not
+    copied: reads and writes go to the original module, and forward reads eps
+    from there on every call, so a later `norm.eps = ...` takes effect now and
+    survives revert(). Parameters are the original's Parameter objects.
+    """
+
+    def __new__(cls, original=None, *args, **kwargs):
+        if cls is FastxfNorm and original is not None:
+            cls = _class_for(type(original))
+        return nn.Module.__new__(cls)
 
     def __init__(self, original: nn.Module, kind: str, eps: float):
-        super().__init__()
-        # Plain attributes first (eps, normalized_shape, hidden_size...), then the
-        # very same Parameter objects, so names and storage are unchanged.
-        for k, v in vars(original).items():
-            if not k.startswith("_") and k != "training" and not isinstance(v, (torch.Tensor, nn.Module)):
-                object.__setattr__(self, k, v)
+        nn.Module.__init__(self)  # not type(original).__init__: nothing is rebuilt
         for name, p in original._parameters.items():  # None entries too (LayerNorm(bias=False))
             self.register_parameter(name, p)
         self.training = original.training
         self.fastxf_kind = kind  # "layer_norm", "rms_norm", "rms_norm_unit_offset"
-        self.fastxf_eps = float(eps)
+        # Which attribute of the original holds eps: read at every call. eps is
+        # the value found at optimize time, used only when no attribute has it.
+        self._fastxf_eps_name = _eps_name_of(original)
+        self._fastxf_eps_default = float(eps)
         # Held outside the module tree (a tuple is not registered): revert()
         # puts it back; it must not show up in state_dict() or modules().
         self._fastxf_original = (original,)
 
-    def _w(self):
-        return self._parameters.get("weight")
+    # Attribute delegation: anything this module does not have itself (plain
+    # attributes of the original) is read from, and written to, the original.
+    def __getattr__(self, name):
+        try:
+            return nn.Module.__getattr__(self, name)
+        except AttributeError:
+            original = self.__dict__.get("_fastxf_original")
+            if original is None or name.startswith("_fastxf"):
+                raise
+            return getattr(original[0], name)
 
-    def _b(self):
-        return self._parameters.get("bias")
+    def __setattr__(self, name, value):
+        original = self.__dict__.get("_fastxf_original")
+        if (
+            original is not None
+            and name in original[0].__dict__
+            and name != "training"
+            and not isinstance(value, (torch.Tensor, nn.Module))
+        ):
+            setattr(original[0], name, value)
+        else:
+            nn.Module.__setattr__(self, name, value)
 
-    def _out_dtype(self, x):
-        w = self._w()
-        if self.fastxf_kind == "rms_norm" and w is not None and w.dtype != x.dtype:
-            return torch.promote_types(w.dtype, x.dtype)  # HF: weight * normed.to(x.dtype)
-        return None
+    def __reduce_ex__(self, protocol):
+        # The subclass is built at run time; rebuild it from the original class
+        # so that copy.deepcopy and pickle work.
+        return (_new_norm, (type(self)._fastxf_base,), self.__getstate__())
+
+    @property
+    def fastxf_eps(self) -> float:
+        name = self._fastxf_eps_name
+        return float(getattr(self._fastxf_original[0], name)) if name else self._fastxf_eps_default
 
     def forward(self, x, residual=None):
         """Norm of x, or with `residual`: (norm(x + residual), x + residual)."""
+        params = self._parameters
+        w = params.get("weight")
+        name = self._fastxf_eps_name  # fastxf_eps, inlined (once per norm per step)
+        eps = float(getattr(self._fastxf_original[0], name)) if name else self._fastxf_eps_default
         if self.fastxf_kind == "layer_norm":
-            return fx_layer_norm(x, self._w(), self._b(), self.fastxf_eps, residual)
-        return fx_rms_norm(
-            x,
-            self._w(),
-            self.fastxf_eps,
-            residual,
-            unit_offset=self.fastxf_kind == "rms_norm_unit_offset",
-            out_dtype=self._out_dtype(x),
-        )
+            out, new_residual = _dispatch.call(_dispatch.op("layer_norm"), x, w, params.get("bias"), eps, residual, None)
+        else:
+            out_dtype = None
+            if self.fastxf_kind == "rms_norm" and w is not None and w.dtype != x.dtype:
+                out_dtype = torch.promote_types(w.dtype, x.dtype)  # HF: weight * normed.to(x.dtype)
+            unit_offset = self.fastxf_kind == "rms_norm_unit_offset"
+            out, new_residual = _dispatch.call(_dispatch.op("rms_norm"), x, w, eps, residual, unit_offset, out_dtype)
+        return out if residual is None else (out, new_residual)
 
     def extra_repr(self):
-        w = self._w()
+        w = self._parameters.get("weight")
         shape = tuple(w.shape) if w is not None else "no weight"
         return f"fastxf {self.fastxf_kind}, {shape}, eps={self.fastxf_eps}"
+
+
+_CLASSES: dict = {}
+
+
+def _class_for(base: type) -> type:
+    """The FastxfNorm subclass standing in for `base` (one per class, named like it)."""
+    if issubclass(base, FastxfNorm):
+        return base
+    cls = _CLASSES.get(base)
+    if cls is None:
+        namespace = {"__module__": __name__, "__qualname__": f"FastxfNorm[{base.__qualname__}]", "_fastxf_base": base}
+        cls = type(base.__name__, (FastxfNorm, base), namespace)
+        _CLASSES[base] = cls
+    return cls
+
+
+def _new_norm(base: type) -> FastxfNorm:
+    cls = _class_for(base)
+    return nn.Module.__new__(cls)
+
+
+def _eps_name_of(module: nn.Module) -> str | None:
+    if isinstance(module, nn.LayerNorm) or isinstance(module, getattr(nn, "RMSNorm", ())):
+        return "eps"
+    for name in EPS_NAMES:
+        v = getattr(module, name, None)
+        if isinstance(v, float) or (isinstance(v, int) and not isinstance(v, bool)):
+            return name
+    return None
 
 
 def _eps_of(module: nn.Module):

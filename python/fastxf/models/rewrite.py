@@ -319,6 +319,13 @@ def revert(model: nn.Module) -> nn.Module:
         fx_fused.unfuse_layer(layer)
     for parent, name, original, replacement in reversed(state.norms):
         if getattr(parent, name, None) is replacement:
+            # What the user changed on the replacement while optimized stays:
+            # train()/eval(), and parameters re-assigned on it (plain attributes
+            # such as eps were written to the original directly).
+            original.training = replacement.training
+            for pname, p in replacement._parameters.items():
+                if original._parameters.get(pname) is not p:
+                    original._parameters[pname] = p
             setattr(parent, name, original)
     if state.adapters is not None:
         fx_adapters.uninstall(state.adapters)
