@@ -48,6 +48,15 @@
 extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
                        const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
                        const float* beta, float* c, const int* ldc) __attribute__((weak));
+// MKL's fp16 / bf16 GEMMs with fp32 accumulation and output (CBLAS interface,
+// 32-bit ints; layout / transpose are the CBLAS enum values). Weak as well:
+// without them fp16 / bf16 tiles are widened and go through sgemm.
+extern "C" void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                                       const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta, float* c,
+                                       int ldc) __attribute__((weak));
+extern "C" void cblas_gemm_f16f16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                                     const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta, float* c,
+                                     int ldc) __attribute__((weak));
 
 namespace fastxf {
 namespace {
@@ -65,10 +74,11 @@ constexpr int64_t kBlockKeys = FASTXF_CPU_BLOCK_KEYS;
 // Tiles with fewer rows use the vectorised loops instead of BLAS.
 constexpr int64_t kBlasMinRows = 8;
 
-using BlasSgemm = decltype(&sgemm_);
-// Null when no BLAS is linked or when FASTXF_CPU_ATTENTION_BLAS=0 (tests use it
-// to run the loop kernels on every shape).
-BlasSgemm blas_sgemm = nullptr;
+// Null when the BLAS lacks them or when FASTXF_CPU_ATTENTION_BLAS=0 (tests use
+// it to run the loop kernels on every shape).
+decltype(&sgemm_) blas_sgemm = nullptr;
+decltype(&cblas_gemm_bf16bf16f32) blas_gemm_bf16 = nullptr;
+decltype(&cblas_gemm_f16f16f32) blas_gemm_f16 = nullptr;
 
 // Row-major products through the column-major BLAS: a row-major X (ld) is the
 // column-major X^T, so C = A B is computed as C^T = B^T A^T.
@@ -85,6 +95,29 @@ void blas_gemm_nn_acc(int64_t m, int64_t n, int64_t k, const float* a, int64_t l
   const int mi = m, ni = n, ki = k, la = lda, lb = ldb, lc = ldc;
   const float one = 1.f;
   blas_sgemm("N", "N", &ni, &mi, &ki, &one, b, &lb, a, &la, &one, c, &lc);
+}
+
+constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112;
+template <typename T>
+void blas_half_gemm(int transb, int64_t m, int64_t n, int64_t k, float alpha, const T* a, int64_t lda, const T* b,
+                    int64_t ldb, float beta, float* c, int64_t ldc) {
+  if constexpr (sizeof(T) == 2) {  // (never chosen for fp32)
+    auto fn = std::is_same_v<T, c10::BFloat16> ? blas_gemm_bf16 : blas_gemm_f16;
+    fn(kCblasRowMajor, kCblasNoTrans, transb, m, n, k, alpha, reinterpret_cast<const uint16_t*>(a), lda,
+       reinterpret_cast<const uint16_t*>(b), ldb, beta, c, ldc);
+  }
+}
+// C (m x n, ldc) = alpha * A (m x k, lda) * B^T with B (n x k, ldb); fp32 C.
+template <typename T>
+void blas_half_gemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const T* a, int64_t lda, const T* b,
+                       int64_t ldb, float* c, int64_t ldc) {
+  blas_half_gemm<T>(kCblasTrans, m, n, k, alpha, a, lda, b, ldb, 0.f, c, ldc);
+}
+// C (m x n, ldc) += A (m x k, lda) * B (k x n, ldb); fp32 C.
+template <typename T>
+void blas_half_gemm_nn_acc(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                           float* c, int64_t ldc) {
+  blas_half_gemm<T>(kCblasNoTrans, m, n, k, 1.f, a, lda, b, ldb, 1.f, c, ldc);
 }
 
 // The problem as plain pointers and strides (elements), for the tile code.
@@ -110,11 +143,12 @@ struct Scratch {
   std::vector<float> buf;
   std::vector<int64_t> bounds;
   float *q = nullptr, *k = nullptr, *v = nullptr, *s = nullptr, *acc = nullptr, *m = nullptr, *l = nullptr;
+  float *qh = nullptr, *ph = nullptr;  // Q and P in fp16 / bf16 for the half-precision BLAS (2-byte elements)
   int64_t *lo = nullptr, *hi = nullptr;  // visible key range [lo, hi) of each row (causal / window)
   int64_t block_keys = 0;
 
   void reserve(int64_t rows, int64_t keys, int64_t D) {
-    const size_t need = static_cast<size_t>(rows * D * 2 + keys * D * 2 + rows * keys + rows * 2);
+    const size_t need = static_cast<size_t>(rows * D * 3 + keys * D * 2 + rows * keys * 2 + rows * 2);
     if (buf.size() < need) buf.resize(need);
     if (bounds.size() < static_cast<size_t>(2 * rows)) bounds.resize(2 * rows);
     float* p = buf.data();
@@ -123,6 +157,8 @@ struct Scratch {
     k = p, p += keys * D;
     v = p, p += keys * D;
     s = p, p += rows * keys;
+    qh = p, p += rows * D;
+    ph = p, p += rows * keys;
     m = p, p += rows;
     l = p;
     lo = bounds.data();
@@ -258,7 +294,10 @@ void run_attention_cpu(const AttentionProblem& p) {
   const int32_t* q_offset = p.q_offset.defined() ? p.q_offset.data_ptr<int32_t>() : nullptr;
 
   const char* blas_env = std::getenv("FASTXF_CPU_ATTENTION_BLAS");
-  blas_sgemm = blas_env && std::string_view(blas_env) == "0" ? nullptr : sgemm_;
+  const bool use_blas = !(blas_env && std::string_view(blas_env) == "0");
+  blas_sgemm = use_blas ? sgemm_ : nullptr;
+  blas_gemm_bf16 = use_blas ? cblas_gemm_bf16bf16f32 : nullptr;
+  blas_gemm_f16 = use_blas ? cblas_gemm_f16f16f32 : nullptr;
   const UnitFns& fns = unit_fns();
   const UnitFn unit = std::is_same_v<T, float> ? fns.f32 : std::is_same_v<T, at::Half> ? fns.f16 : fns.bf16;
 
