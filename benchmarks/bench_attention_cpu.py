@@ -138,6 +138,7 @@ def run(args) -> dict:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rows = []
     print(f"threads={args.threads}  speedup = sdpa / fastxf (> 1: fastxf faster)")
     print(f"{'kind':<8}{'shape (B, Hq/Hkv, Sq x Sk, D)':<32}{'mask':<16}{'dtype':<10}{'fastxf us':>11}{'sdpa us':>11}{'speedup':>9}")
@@ -159,13 +160,23 @@ def run(args) -> dict:
     print(f"worst speedup {worst:.2f}x ({'OK' if worst >= 1 else 'below 1.0x'})")
     return dict(bench="attention_cpu", device=cpu_name(), threads=args.threads, torch=torch.__version__,
                 commit=os.environ.get("FASTXF_COMMIT") or git_commit(), cpu_capability=torch.backends.cpu.get_cpu_capability(),
-                timing="best of interleaved runs", rows=rows)
+                timing="best of interleaved runs",
+                # The 1-minute load average around the run: on a machine shared with
+                # other work, timings with 2 threads are not to be trusted above ~1.
+                load_avg=[load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None], rows=rows)
+
+
+def _fmt_load(load) -> str:
+    if not load or None in load:
+        return "unknown"
+    return f"{load[0]:.1f} before / {load[1]:.1f} after"
 
 
 def render(doc: dict) -> str:
     lines = [
         f"{doc['device']} ({doc['cpu_capability']}), {doc['threads']} threads, torch {doc['torch']}, "
-        f"commit {doc['commit'][:10]}; best of interleaved runs; speedup = SDPA time / fastxf time",
+        f"commit {doc['commit'][:10]}; load average {_fmt_load(doc.get('load_avg'))}; best of interleaved runs; "
+        "speedup = SDPA time / fastxf time",
         "",
         "| kind | B, Hq/Hkv, Sq x Sk, D | mask | dtype | fastxf us | SDPA us | speedup |",
         "| --- | --- | --- | --- | ---: | ---: | ---: |",

@@ -15,17 +15,25 @@
 // What makes it fast on small problems is what it does not do: no ATen call,
 // tensor or heap allocation per tile (per-thread scratch is kept between calls),
 // a single parallel region, and no thread at all for problems too small to pay
-// for waking one. The two tile products are
-//   - for tiles of few rows (decode: query heads of a group x a few positions),
-//     vectorised loops in tile_kernel.inc (a BLAS call costs more than the work);
-//   - for larger tiles, one BLAS sgemm each, called directly (the BLAS torch links,
-//     MKL or OpenBLAS, found as a weak symbol; without one the loops do everything).
+// for waking one. The two tile products (S = Q K^T, acc += P V) are
+//   - for tiles of fewer than kBlasMinRows rows (decode: the query heads of a
+//     group x a few positions), vectorised loops in cpu/tile_kernel.inc that read
+//     K / V in place in their own dtype (a BLAS call would cost more than the work);
+//   - for larger tiles, one BLAS call each, made directly on the BLAS torch links
+//     (found through weak symbols, so the extension loads without them): sgemm
+//     for fp32, and MKL's fp16 / bf16 GEMMs with fp32 accumulation (AMX or
+//     AVX512-BF16 where the CPU has them) for fp16 / bf16. Without those, fp16 /
+//     bf16 K / V are widened to fp32 for sgemm; without any BLAS the loops do it all.
 // tile_kernel.inc is compiled three times (baseline x86-64, AVX2 + FMA, AVX-512)
 // and the best version for the running CPU is picked at run time, since this
-// file is compiled for baseline x86-64.
+// file is compiled for baseline x86-64. Two environment variables exist for the
+// tests: FASTXF_CPU_ATTENTION_ISA=base|avx2|avx512 forces a version and
+// FASTXF_CPU_ATTENTION_BLAS=0 runs the loops on every tile.
 //
-// Every float the softmax sees is fp32: fp16 / bf16 inputs are widened when
-// they are staged, the output is rounded once at the end.
+// Scores, the softmax state (m, l), the accumulator and the merge are fp32 for
+// every dtype; the output is rounded once at the end. With the fp16 / bf16 GEMMs
+// the probabilities P are rounded to the input dtype for the P V product (as
+// torch's CPU SDPA does) while l sums them in fp32.
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -74,11 +82,10 @@ constexpr int64_t kBlockKeys = FASTXF_CPU_BLOCK_KEYS;
 // Tiles with fewer rows use the vectorised loops instead of BLAS.
 constexpr int64_t kBlasMinRows = 8;
 
-// Null when the BLAS lacks them or when FASTXF_CPU_ATTENTION_BLAS=0 (tests use
-// it to run the loop kernels on every shape).
-decltype(&sgemm_) blas_sgemm = nullptr;
-decltype(&cblas_gemm_bf16bf16f32) blas_gemm_bf16 = nullptr;
-decltype(&cblas_gemm_f16f16f32) blas_gemm_f16 = nullptr;
+// Null when the BLAS lacks them.
+const auto blas_sgemm = &sgemm_;
+const auto blas_gemm_bf16 = &cblas_gemm_bf16bf16f32;
+const auto blas_gemm_f16 = &cblas_gemm_f16f16f32;
 
 // Row-major products through the column-major BLAS: a row-major X (ld) is the
 // column-major X^T, so C = A B is computed as C^T = B^T A^T.
@@ -129,6 +136,7 @@ struct TileArgs {
   float scale, softcap;
   const bool* key_mask;  // (B, Sk) or null
   const float* alibi;    // (B, Hq) or null
+  bool use_blas;         // false with FASTXF_CPU_ATTENTION_BLAS=0 (tests run the loops on every tile)
 };
 
 // Query rows [row0, row0 + rows) of one (batch, kv head). Row r is query head
@@ -294,10 +302,7 @@ void run_attention_cpu(const AttentionProblem& p) {
   const int32_t* q_offset = p.q_offset.defined() ? p.q_offset.data_ptr<int32_t>() : nullptr;
 
   const char* blas_env = std::getenv("FASTXF_CPU_ATTENTION_BLAS");
-  const bool use_blas = !(blas_env && std::string_view(blas_env) == "0");
-  blas_sgemm = use_blas ? sgemm_ : nullptr;
-  blas_gemm_bf16 = use_blas ? cblas_gemm_bf16bf16f32 : nullptr;
-  blas_gemm_f16 = use_blas ? cblas_gemm_f16f16f32 : nullptr;
+  a.use_blas = !(blas_env && std::string_view(blas_env) == "0");
   const UnitFns& fns = unit_fns();
   const UnitFn unit = std::is_same_v<T, float> ? fns.f32 : std::is_same_v<T, at::Half> ? fns.f16 : fns.bf16;
 
