@@ -1,324 +1,412 @@
-// CPU implementation of fastxf::attention: the reference algorithm for the
-// CUDA kernels, tiled the same way.
+// CPU implementation of fastxf::attention.
 //
-// Work is split into tiles of kBlockRows query rows of one (batch, kv head).
-// For grouped-query attention the rows of a tile are the (query head of the
-// group, query position) pairs, so every K/V tile is read once for all query
-// heads that share it (as the CUDA decode kernel does). Each tile streams K/V in
-// blocks of kBlockKeys with an online softmax (running max m and sum l per row,
-// the accumulator rescaled by exp(m_old - m_new)), skipping key blocks that no
-// row of the tile can see (causal, sliding window, padding). For short queries
-// over long caches the key range is also split (split-KV): each split produces
-// a partial (acc, m, l) and a merge step combines them exactly.
+// Algorithm (the same as the CUDA kernels, with CPU-sized tiles): work is split
+// into tiles of up to kBlockRows query rows of one (batch, kv head). For
+// grouped-query attention the rows of a tile are the (query head of the group,
+// query position) pairs, so every K/V block is read once for all query heads
+// that share it. Each tile streams K/V in blocks of kBlockKeys keys with an
+// online softmax (running max m and sum l per row, the accumulator rescaled by
+// e^(m_old - m_new)), skipping key blocks that no row of the tile can see
+// (causal, sliding window, padding). When there are too few tiles to keep every
+// thread busy and the key range is long (decode over a long cache), the keys are
+// also split (split-KV): each split produces a partial (acc, m, l) and a merge
+// combines them exactly.
 //
-// Every float the softmax sees is fp32: fp16 / bf16 inputs are widened when
-// they are staged, the output is rounded once at the end.
+// What makes it fast on small problems is what it does not do: no ATen call,
+// tensor or heap allocation per tile (per-thread scratch is kept between calls),
+// a single parallel region, and no thread at all for problems too small to pay
+// for waking one. The two tile products (S = Q K^T, acc += P V) are
+//   - for tiles of fewer than kBlasMinRows rows (decode: the query heads of a
+//     group x a few positions), vectorised loops in cpu/tile_kernel.inc that read
+//     K / V in place in their own dtype (a BLAS call would cost more than the work);
+//   - for larger tiles, one BLAS call each, made directly on the BLAS torch links
+//     (found through weak symbols, so the extension loads without them): sgemm
+//     for fp32, and MKL's fp16 / bf16 GEMMs with fp32 accumulation (AMX or
+//     AVX512-BF16 where the CPU has them) for fp16 / bf16. Without those, fp16 /
+//     bf16 K / V are widened to fp32 for sgemm; without any BLAS the loops do it all.
+// tile_kernel.inc is compiled three times (baseline x86-64, AVX2 + FMA, AVX-512)
+// and the best version for the running CPU is picked at run time, since this
+// file is compiled for baseline x86-64. Two environment variables exist for the
+// tests: FASTXF_CPU_ATTENTION_ISA=base|avx2|avx512 forces a version and
+// FASTXF_CPU_ATTENTION_BLAS=0 runs the loops on every tile.
+//
+// Scores, the softmax state (m, l), the accumulator and the merge are fp32 for
+// every dtype; the output is rounded once at the end. With the fp16 / bf16 GEMMs
+// the probabilities P are rounded to the input dtype for the P V product (as
+// torch's CPU SDPA does) while l sums them in fp32.
 #include <ATen/Parallel.h>
-#include <c10/core/InferenceMode.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <limits>
+#include <string_view>
 #include <type_traits>
 #include <vector>
 
 #include "attention/attention.h"
 
+// The Fortran BLAS entry point of the library torch links (MKL or OpenBLAS).
+// Weak, so that the extension still loads against a torch without one.
+extern "C" void sgemm_(const char* transa, const char* transb, const int* m, const int* n, const int* k,
+                       const float* alpha, const float* a, const int* lda, const float* b, const int* ldb,
+                       const float* beta, float* c, const int* ldc) __attribute__((weak));
+// MKL's fp16 / bf16 GEMMs with fp32 accumulation and output (CBLAS interface,
+// 32-bit ints; layout / transpose are the CBLAS enum values). Weak as well:
+// without them fp16 / bf16 tiles are widened and go through sgemm.
+extern "C" void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                                       const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta, float* c,
+                                       int ldc) __attribute__((weak));
+extern "C" void cblas_gemm_f16f16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
+                                     const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta, float* c,
+                                     int ldc) __attribute__((weak));
+
 namespace fastxf {
 namespace {
 
-// Tile sizes. The CPU does its two tile products (S = Q K^T and acc += P V)
-// with BLAS through at::mm on fp32 staging tiles, as torch's own CPU flash
-// attention does, and the softmax's exp / max / sum with ATen's vectorised
-// kernels (this file is compiled for baseline x86-64, so hand-written loops
-// would not use AVX). Hence tiles larger than the CUDA kernel's: they amortise
-// the per-call overhead and keep the GEMMs efficient, while 128-row / 256-key
-// blocks still let causal and padding block skipping drop most invisible work.
-// (Measured with benchmarks/bench_attention_cpu.py on a shared 2-core machine:
-// 64 x 128 was ~1.6x slower than 128 x 256; 64 x 256, 64 x 512, 128 x 512 and
-// 256 x 512 were no better. The macros exist only to re-tune.)
+// Tile sizes. Large tiles go through BLAS, whose per-call cost wants big
+// products, while 128-row / 256-key blocks still let causal and padding block
+// skipping drop most invisible work (the at::mm-based predecessor measured
+// 128 x 256 best among 64..256 x 128..512; the macros exist only to re-tune).
 #ifndef FASTXF_CPU_BLOCK_ROWS
 #define FASTXF_CPU_BLOCK_ROWS 128
 #define FASTXF_CPU_BLOCK_KEYS 256
 #endif
 constexpr int64_t kBlockRows = FASTXF_CPU_BLOCK_ROWS;
 constexpr int64_t kBlockKeys = FASTXF_CPU_BLOCK_KEYS;
-constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// Tiles with fewer rows use the vectorised loops instead of BLAS.
+constexpr int64_t kBlasMinRows = 8;
 
-// Number of key splits for one tile. Depends on shapes only (never on values),
-// like the CUDA heuristic, so results are reproducible. Only short query blocks
-// (decode) split: long prefills have enough tiles to keep every thread busy.
-int64_t choose_num_splits(const AttentionProblem& p) {
-  if (p.q_len > 16) return 1;
-  constexpr int64_t kKeysPerSplit = 512;
-  return std::clamp<int64_t>((p.k_len + kKeysPerSplit - 1) / kKeysPerSplit, 1, 16);
+// Null when the BLAS lacks them.
+const auto blas_sgemm = &sgemm_;
+const auto blas_gemm_bf16 = &cblas_gemm_bf16bf16f32;
+const auto blas_gemm_f16 = &cblas_gemm_f16f16f32;
+
+// Row-major products through the column-major BLAS: a row-major X (ld) is the
+// column-major X^T, so C = A B is computed as C^T = B^T A^T.
+// C (m x n, ldc) = A (m x k, lda) * B^T with B (n x k, ldb).
+void blas_gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                  float* c, int64_t ldc) {
+  const int mi = m, ni = n, ki = k, la = lda, lb = ldb, lc = ldc;
+  const float one = 1.f, zero = 0.f;
+  blas_sgemm("T", "N", &ni, &mi, &ki, &one, b, &lb, a, &la, &zero, c, &lc);
+}
+// C (m x n, ldc) += A (m x k, lda) * B (k x n, ldb).
+void blas_gemm_nn_acc(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b, int64_t ldb,
+                      float* c, int64_t ldc) {
+  const int mi = m, ni = n, ki = k, la = lda, lb = ldb, lc = ldc;
+  const float one = 1.f;
+  blas_sgemm("N", "N", &ni, &mi, &ki, &one, b, &lb, a, &la, &one, c, &lc);
 }
 
-// Query rows [row0, row0 + rows) of one (batch, kv head). Row r is query head
-// kv_head * group + r / q_len at query position r % q_len.
-struct Tile {
-  int64_t b, kv_head, row0, rows;
+constexpr int kCblasRowMajor = 101, kCblasNoTrans = 111, kCblasTrans = 112;
+template <typename T>
+void blas_half_gemm(int transb, int64_t m, int64_t n, int64_t k, float alpha, const T* a, int64_t lda, const T* b,
+                    int64_t ldb, float beta, float* c, int64_t ldc) {
+  if constexpr (sizeof(T) == 2) {  // (never chosen for fp32)
+    auto fn = std::is_same_v<T, c10::BFloat16> ? blas_gemm_bf16 : blas_gemm_f16;
+    fn(kCblasRowMajor, kCblasNoTrans, transb, m, n, k, alpha, reinterpret_cast<const uint16_t*>(a), lda,
+       reinterpret_cast<const uint16_t*>(b), ldb, beta, c, ldc);
+  }
+}
+// C (m x n, ldc) = alpha * A (m x k, lda) * B^T with B (n x k, ldb); fp32 C.
+template <typename T>
+void blas_half_gemm_nt(int64_t m, int64_t n, int64_t k, float alpha, const T* a, int64_t lda, const T* b,
+                       int64_t ldb, float* c, int64_t ldc) {
+  blas_half_gemm<T>(kCblasTrans, m, n, k, alpha, a, lda, b, ldb, 0.f, c, ldc);
+}
+// C (m x n, ldc) += A (m x k, lda) * B (k x n, ldb); fp32 C.
+template <typename T>
+void blas_half_gemm_nn_acc(int64_t m, int64_t n, int64_t k, const T* a, int64_t lda, const T* b, int64_t ldb,
+                           float* c, int64_t ldc) {
+  blas_half_gemm<T>(kCblasNoTrans, m, n, k, 1.f, a, lda, b, ldb, 1.f, c, ldc);
+}
+
+// The problem as plain pointers and strides (elements), for the tile code.
+struct TileArgs {
+  const void *q, *k, *v;
+  void* out;  // (B, Sq, Hq, D) contiguous
+  int64_t q_stride[3], k_stride[3], v_stride[3];
+  int64_t batch, q_heads, kv_heads, group, q_len, k_len, head_dim;
+  float scale, softcap;
+  const bool* key_mask;  // (B, Sk) or null
+  const float* alibi;    // (B, Hq) or null
+  bool use_blas;         // false with FASTXF_CPU_ATTENTION_BLAS=0 (tests run the loops on every tile)
 };
 
-struct Partial {
-  float* acc;  // rows x D, unnormalised
-  float* m;    // running max per row
-  float* l;    // running sum per row
+// Query rows [row0, row0 + rows) of one (batch, kv head). Row r is query head
+// kv_head * group + r / q_len at query position q_pos0 + r % q_len.
+struct Tile {
+  int64_t b, kv_head, row0, rows, q_pos0;
 };
+
+// Per-thread buffers, kept between calls (grown, never shrunk) so that a call
+// allocates nothing once warm.
+struct Scratch {
+  std::vector<float> buf;
+  std::vector<int64_t> bounds;
+  float *q = nullptr, *k = nullptr, *v = nullptr, *s = nullptr, *acc = nullptr, *m = nullptr, *l = nullptr;
+  float *qh = nullptr, *ph = nullptr;  // Q and P in fp16 / bf16 for the half-precision BLAS (2-byte elements)
+  int64_t *lo = nullptr, *hi = nullptr;  // visible key range [lo, hi) of each row (causal / window)
+  int64_t block_keys = 0;
+
+  void reserve(int64_t rows, int64_t keys, int64_t D) {
+    const size_t need = static_cast<size_t>(rows * D * 3 + keys * D * 2 + rows * keys * 2 + rows * 2);
+    if (buf.size() < need) buf.resize(need);
+    if (bounds.size() < static_cast<size_t>(2 * rows)) bounds.resize(2 * rows);
+    float* p = buf.data();
+    q = p, p += rows * D;
+    acc = p, p += rows * D;
+    k = p, p += keys * D;
+    v = p, p += keys * D;
+    s = p, p += rows * keys;
+    qh = p, p += rows * D;
+    ph = p, p += rows * keys;
+    m = p, p += rows;
+    l = p;
+    lo = bounds.data();
+    hi = lo + rows;
+    block_keys = keys;
+  }
+};
+
+using UnitFn = void (*)(const TileArgs&, const Tile&, int64_t, int64_t, float*, float*, float*, Scratch&, bool);
+struct UnitFns {
+  UnitFn f32, f16, bf16;
+};
+
+}  // namespace
+}  // namespace fastxf
+
+// The vector helpers pass 64-byte vectors by value only between always-inlined
+// functions, so the ABI note about them does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+// ---- the tile code, once per instruction set --------------------------------
+// (Each copy lives in its own namespace; see tile_kernel.inc.)
+namespace cpu_attention_base {
+using namespace fastxf;
+#include "attention/cpu/tile_kernel.inc"
+}  // namespace cpu_attention_base
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define FASTXF_CPU_MULTI_ISA 1
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+namespace cpu_attention_avx2 {
+using namespace fastxf;
+#include "attention/cpu/tile_kernel.inc"
+}  // namespace cpu_attention_avx2
+#if defined(__clang__)
+#pragma clang attribute pop
+#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), \
+                             apply_to = function)
+#else
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+#endif
+namespace cpu_attention_avx512 {
+using namespace fastxf;
+#include "attention/cpu/tile_kernel.inc"
+}  // namespace cpu_attention_avx512
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif
+
+namespace fastxf {
+namespace {
+
+// The tile code for this CPU. FASTXF_CPU_ATTENTION_ISA=base|avx2|avx512 forces
+// one (tests run every version the CPU can execute).
+const UnitFns& unit_fns() {
+#ifdef FASTXF_CPU_MULTI_ISA
+  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                               __builtin_cpu_supports("f16c");
+  static const bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") &&
+                                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                                 __builtin_cpu_supports("avx512dq");
+  const char* env = std::getenv("FASTXF_CPU_ATTENTION_ISA");
+  const std::string_view want = env ? env : "";
+  if (want == "base") return cpu_attention_base::kUnitFns;
+  TORCH_CHECK(want != "avx512" || has_avx512, "FASTXF_CPU_ATTENTION_ISA=avx512 but this CPU lacks AVX-512");
+  TORCH_CHECK(want != "avx2" || has_avx2, "FASTXF_CPU_ATTENTION_ISA=avx2 but this CPU lacks AVX2 / FMA");
+  if (want == "avx2") return cpu_attention_avx2::kUnitFns;
+  if (has_avx512) return cpu_attention_avx512::kUnitFns;
+  if (has_avx2) return cpu_attention_avx2::kUnitFns;
+#endif
+  return cpu_attention_base::kUnitFns;
+}
+
+// Number of key splits per tile. Depends on shapes and the thread count only
+// (never on values), so results are reproducible for a given thread count.
+// Splitting pays when there are too few tiles to keep every thread busy: the
+// time of the parallel loop is ceil(tiles * s / threads) units of 1 / s of a
+// tile. Take the smallest s that cuts that by at least 10% over s = 1 (the merge,
+// the partial buffers and the smaller BLAS calls are not free), with at least
+// kMinKeysPerSplit keys per split so that each split's work dwarfs its merge.
+int64_t choose_num_splits(int64_t tiles, int64_t threads, int64_t k_len) {
+  constexpr int64_t kMinKeysPerSplit = 512;
+  const int64_t max_splits = std::clamp<int64_t>(k_len / kMinKeysPerSplit, 1, 16);
+  auto cost = [&](int64_t s) { return static_cast<double>((tiles * s + threads - 1) / threads) / s; };
+  int64_t best = 1;
+  double best_cost = cost(1);
+  for (int64_t s = 2; s <= max_splits; ++s) {
+    if (cost(s) < 0.9 * best_cost) {
+      best = s;
+      best_cost = cost(s);
+    }
+  }
+  return best;
+}
+
+// Problems below this many flops run on the calling thread: waking the pool
+// costs more than the arithmetic.
+constexpr double kSerialFlops = 1.5e6;
 
 template <typename T>
-class TileWorker {
- public:
-  explicit TileWorker(const AttentionProblem& p)
-      : p_(p),
-        D_(p.head_dim),
-        group_(p.q_heads / p.kv_heads),
-        lo_(kBlockRows),
-        hi_(kBlockRows) {
-    const auto f32 = at::TensorOptions().dtype(at::kFloat);
-    q_ = at::empty({kBlockRows, D_}, f32);
-    k_ = at::empty({kBlockKeys, D_}, f32);
-    v_ = at::empty({kBlockKeys, D_}, f32);
-    s_ = at::empty({kBlockRows, kBlockKeys}, f32);
-    block_max_ = at::empty({kBlockRows}, f32);
-    shift_ = at::empty({kBlockRows}, f32);
-    alpha_ = at::empty({kBlockRows}, f32);
-    row_sum_ = at::empty({kBlockRows}, f32);
+void run_attention_cpu(const AttentionProblem& p) {
+  TileArgs a;
+  a.q = p.q.data_ptr();
+  a.k = p.k.data_ptr();
+  a.v = p.v.data_ptr();
+  a.out = p.out.data_ptr();
+  for (int i = 0; i < 3; ++i) {
+    a.q_stride[i] = p.q.stride(i);
+    a.k_stride[i] = p.k.stride(i);
+    a.v_stride[i] = p.v.stride(i);
   }
+  a.batch = p.batch;
+  a.q_heads = p.q_heads;
+  a.kv_heads = p.kv_heads;
+  a.group = p.q_heads / p.kv_heads;
+  a.q_len = p.q_len;
+  a.k_len = p.k_len;
+  a.head_dim = p.head_dim;
+  a.scale = p.scale;
+  a.softcap = p.softcap;
+  a.key_mask = p.key_mask.defined() ? p.key_mask.data_ptr<bool>() : nullptr;
+  a.alibi = p.alibi.defined() ? p.alibi.data_ptr<float>() : nullptr;
+  const int32_t* q_offset = p.q_offset.defined() ? p.q_offset.data_ptr<int32_t>() : nullptr;
 
-  // Visible key range [lo, hi) of every row from causal / window alone
-  // (padding is applied per key); returns the union over the tile's rows.
-  std::pair<int64_t, int64_t> row_ranges(const Tile& t) {
-    const int64_t offset = p_.q_offset.defined() ? p_.q_offset.data_ptr<int32_t>()[t.b] : p_.k_len - p_.q_len;
-    int64_t lo_all = p_.k_len, hi_all = 0;
+  const char* blas_env = std::getenv("FASTXF_CPU_ATTENTION_BLAS");
+  a.use_blas = !(blas_env && std::string_view(blas_env) == "0");
+  const UnitFns& fns = unit_fns();
+  const UnitFn unit = std::is_same_v<T, float> ? fns.f32 : std::is_same_v<T, at::Half> ? fns.f16 : fns.bf16;
+
+  const int64_t D = p.head_dim;
+  const int64_t rows_per_head = a.group * p.q_len;
+  const int64_t row_blocks = (rows_per_head + kBlockRows - 1) / kBlockRows;
+  const int64_t tile_rows = std::min(kBlockRows, rows_per_head);
+  const int64_t num_tiles = p.batch * p.kv_heads * row_blocks;
+  auto tile_at = [&](int64_t idx) {
+    const int64_t rb = idx % row_blocks, bh = idx / row_blocks;
+    const int64_t b = bh / p.kv_heads, row0 = rb * kBlockRows;
+    const int64_t q_pos0 = q_offset ? q_offset[b] : p.k_len - p.q_len;
+    return Tile{b, bh % p.kv_heads, row0, std::min(kBlockRows, rows_per_head - row0), q_pos0};
+  };
+  // Visible key range [lo, hi) of every row from causal / window alone (padding
+  // is applied per key) into sc.lo / sc.hi; returns the union over the rows.
+  auto row_ranges = [&](const Tile& t, Scratch& sc) {
+    int64_t lo_all = p.k_len, hi_all = 0;
     for (int64_t r = 0; r < t.rows; ++r) {
-      const int64_t pos = offset + (t.row0 + r) % p_.q_len;
-      int64_t lo = 0, hi = p_.k_len;
-      if (p_.causal) hi = std::clamp<int64_t>(pos + 1, 0, p_.k_len);
-      if (p_.window > 0) lo = std::clamp<int64_t>(pos - p_.window + 1, 0, p_.k_len);
-      lo_[r] = lo;
-      hi_[r] = hi;
+      const int64_t pos = t.q_pos0 + (t.row0 + r) % p.q_len;
+      int64_t lo = 0, hi = p.k_len;
+      if (p.causal) hi = std::clamp<int64_t>(pos + 1, 0, p.k_len);
+      if (p.window > 0) lo = std::clamp<int64_t>(pos - p.window + 1, 0, p.k_len);
+      sc.lo[r] = lo;
+      sc.hi[r] = hi;
       if (lo < hi) {
         lo_all = std::min(lo_all, lo);
         hi_all = std::max(hi_all, hi);
       }
     }
-    return {lo_all, std::max(lo_all, hi_all)};
-  }
-
-  void load_queries(const Tile& t) {
-    float* q = q_.data_ptr<float>();
-    for (int64_t r = 0; r < t.rows; ++r) {
-      const int64_t row = t.row0 + r;
-      const int64_t h = t.kv_head * group_ + row / p_.q_len, i = row % p_.q_len;
-      const T* src = p_.q.data_ptr<T>() + t.b * p_.q.stride(0) + h * p_.q.stride(1) + i * p_.q.stride(2);
-      for (int64_t d = 0; d < D_; ++d) q[r * D_ + d] = static_cast<float>(src[d]) * p_.scale;
-    }
-  }
-
-  // Runs the online softmax of the tile's rows over keys [k_begin, k_end) into
-  // `part` (which the caller initialised to acc = 0, m = -inf, l = 0).
-  void attend(const Tile& t, int64_t k_begin, int64_t k_end, const Partial& part) {
-    const bool* mask = p_.key_mask.defined() ? p_.key_mask.data_ptr<bool>() + t.b * p_.k_len : nullptr;
-    const at::Tensor k_head = p_.k.select(0, t.b).select(0, t.kv_head);  // (Sk, D), row stride k.stride(2)
-    const at::Tensor v_head = p_.v.select(0, t.b).select(0, t.kv_head);
-    const int64_t rows = t.rows;
-    const auto f32 = at::TensorOptions().dtype(at::kFloat);
-    at::Tensor acc = at::from_blob(part.acc, {rows, D_}, f32);
-    at::Tensor l = at::from_blob(part.l, {rows}, f32);
-    at::Tensor q = q_.narrow(0, 0, rows);
-    at::Tensor block_max = block_max_.narrow(0, 0, rows), shift = shift_.narrow(0, 0, rows);
-    at::Tensor alpha = alpha_.narrow(0, 0, rows), row_sum = row_sum_.narrow(0, 0, rows);
-    for (int64_t j0 = k_begin; j0 < k_end; j0 += kBlockKeys) {
-      const int64_t nk = std::min(kBlockKeys, k_end - j0);
-      int64_t visible_keys = nk;
-      if (mask) {
-        visible_keys = std::count(mask + j0, mask + j0 + nk, true);
-        if (visible_keys == 0) continue;  // padding block
-      }
-      // Causal / window block skipping: does any row see a key of this block,
-      // and does every row see all of it (then no per-element mask is needed)?
-      bool any = false, all = visible_keys == nk;
-      for (int64_t r = 0; r < rows; ++r) {
-        any |= std::max(lo_[r], j0) < std::min(hi_[r], j0 + nk);
-        all &= lo_[r] <= j0 && hi_[r] >= j0 + nk;
-      }
-      if (!any) continue;
-      // K and V blocks (keys x D) in fp32. fp16 / bf16 are widened into
-      // staging tiles (as the CUDA kernel stages tiles in shared memory); fp32
-      // is used in place.
-      at::Tensor kb = k_head.narrow(0, j0, nk), vb = v_head.narrow(0, j0, nk);
-      if constexpr (!std::is_same_v<T, float>) {
-        kb = k_.narrow(0, 0, nk).copy_(kb);
-        vb = v_.narrow(0, 0, nk).copy_(vb);
-      }
-      at::Tensor s = s_.narrow(0, 0, rows).narrow(1, 0, nk);  // row stride kBlockKeys
-      at::mm_out(s, q, kb.t());                                 // scores (q was pre-scaled)
-      if (p_.softcap > 0.f) s.div_(p_.softcap).tanh_().mul_(p_.softcap);
-      if (p_.alibi.defined()) add_alibi(t, j0, nk);
-      if (!all) {
-        // Per-element visibility (causal / window edge, padding): invisible
-        // scores become -inf so that exp gives exact zeros.
-        float* sp = s_.data_ptr<float>();
-        for (int64_t r = 0; r < rows; ++r) {
-          float* sr = sp + r * kBlockKeys;
-          const int64_t lo = std::clamp(lo_[r] - j0, int64_t{0}, nk), hi = std::clamp(hi_[r] - j0, int64_t{0}, nk);
-          for (int64_t j = 0; j < lo; ++j) sr[j] = kNegInf;
-          for (int64_t j = hi; j < nk; ++j) sr[j] = kNegInf;
-          if (mask)
-            for (int64_t j = lo; j < hi; ++j) sr[j] = mask[j0 + j] ? sr[j] : kNegInf;
-        }
-      }
-      // Online softmax: m_new = max(m, block max), alpha = exp(m - m_new),
-      // P = exp(s - m_new), l = l * alpha + rowsum(P), acc = acc * alpha + P V.
-      // A row that sees nothing in this block (block max -inf) keeps its state:
-      // it is shifted by 0 instead of -inf (so exp(-inf) = 0, not NaN) and alpha = 1.
-      at::amax_out(block_max, s, 1);
-      float* bm = block_max_.data_ptr<float>();
-      float* sh = shift_.data_ptr<float>();
-      float* al = alpha_.data_ptr<float>();
-      bool rescale = false;
-      for (int64_t r = 0; r < rows; ++r) {
-        if (bm[r] == kNegInf) {
-          sh[r] = 0.f;
-          al[r] = 1.f;
-          continue;
-        }
-        const float m_new = std::max(part.m[r], bm[r]);
-        al[r] = std::exp(part.m[r] - m_new);  // 0 when m was -inf
-        rescale |= al[r] != 1.f;
-        sh[r] = m_new;
-        part.m[r] = m_new;
-      }
-      s.sub_(shift.unsqueeze(1)).exp_();
-      at::sum_out(row_sum, s, 1);
-      if (rescale) {
-        l.mul_(alpha);
-        acc.mul_(alpha.unsqueeze(1));
-      }
-      l.add_(row_sum);
-      acc.addmm_(s, vb);  // acc += P V
-    }
-  }
-
-  // ALiBi: score(r, j) -= slope(head of r) * |pos(r) - j| for the block's keys.
-  void add_alibi(const Tile& t, int64_t j0, int64_t nk) {
-    const float* slopes = p_.alibi.data_ptr<float>() + t.b * p_.q_heads;
-    const int64_t offset = p_.q_offset.defined() ? p_.q_offset.data_ptr<int32_t>()[t.b] : p_.k_len - p_.q_len;
-    float* sp = s_.data_ptr<float>();
-    for (int64_t r = 0; r < t.rows; ++r) {
-      const int64_t row = t.row0 + r;
-      const float slope = slopes[t.kv_head * group_ + row / p_.q_len];
-      const int64_t pos = offset + row % p_.q_len;
-      float* sr = sp + r * kBlockKeys;
-      for (int64_t j = 0; j < nk; ++j) sr[j] -= slope * static_cast<float>(std::abs(pos - (j0 + j)));
-    }
-  }
-
-  // out = acc / l; rows that saw no key (l == 0) are zeros, never NaN.
-  void store(const Tile& t, const Partial& part) {
-    for (int64_t r = 0; r < t.rows; ++r) {
-      const int64_t row = t.row0 + r;
-      const int64_t h = t.kv_head * group_ + row / p_.q_len, i = row % p_.q_len;
-      T* dst = p_.out.data_ptr<T>() + ((t.b * p_.q_len + i) * p_.q_heads + h) * D_;
-      const float inv = part.l[r] > 0.f ? 1.f / part.l[r] : 0.f;
-      for (int64_t d = 0; d < D_; ++d) dst[d] = static_cast<T>(part.acc[r * D_ + d] * inv);
-    }
-  }
-
- private:
-  const AttentionProblem& p_;
-  const int64_t D_, group_;
-  at::Tensor q_, k_, v_, s_;  // fp32 staging tiles: scaled Q, K, V, scores / probabilities
-  at::Tensor block_max_, shift_, alpha_, row_sum_;  // per-row online-softmax scratch
-  std::vector<int64_t> lo_, hi_;
-};
-
-template <typename T>
-void run_attention_cpu(const AttentionProblem& p) {
-  const int64_t D = p.head_dim;
-  const int64_t rows_per_head = (p.q_heads / p.kv_heads) * p.q_len;
-  const int64_t row_blocks = (rows_per_head + kBlockRows - 1) / kBlockRows;
-  const int64_t num_tiles = p.batch * p.kv_heads * row_blocks;
-  const int64_t splits = choose_num_splits(p);
-  auto tile_at = [&](int64_t idx) {
-    const int64_t rb = idx % row_blocks, bh = idx / row_blocks;
-    const int64_t row0 = rb * kBlockRows;
-    return Tile{bh / p.kv_heads, bh % p.kv_heads, row0, std::min(kBlockRows, rows_per_head - row0)};
+    return std::pair<int64_t, int64_t>{lo_all, std::max(lo_all, hi_all)};
   };
 
-  // Partials for every (tile, split): acc, m, l.
-  const int64_t part_floats = kBlockRows * (D + 2);
-  // (Without split-KV each thread stores its tiles itself and only needs one.)
-  std::vector<float> partials(static_cast<size_t>(splits > 1 ? num_tiles * splits * part_floats : 0));
-  auto partial_in = [&](float* base) {
-    return Partial{base, base + kBlockRows * D, base + kBlockRows * (D + 1)};
-  };
-  auto partial_at = [&](int64_t tile, int64_t split) {
-    float* base = partials.data() + (tile * splits + split) * part_floats;
-    return partial_in(base);
-  };
+  const double flops = 4.0 * p.batch * p.q_heads * p.q_len * p.k_len * D;
+  const int64_t threads = flops < kSerialFlops ? 1 : at::get_num_threads();
+  const int64_t splits = choose_num_splits(num_tiles, threads, p.k_len);
+  const int64_t units = num_tiles * splits;
+  const int64_t part_floats = tile_rows * (D + 2);
+  // Partials (acc, m, l) of every (tile, split) for the merge; the calling
+  // thread's buffer is reused between calls. Without split-KV each thread
+  // stores its tiles itself and needs none.
+  thread_local std::vector<float> partials;
+  if (splits > 1 && partials.size() < static_cast<size_t>(units * part_floats))
+    partials.resize(units * part_floats);
+  float* part_base = partials.data();
 
-  at::parallel_for(0, num_tiles * splits, 1, [&](int64_t begin, int64_t end) {
-    // The tile products below are ATen calls on temporaries: skip autograd and
-    // view tracking for them (this guard is per thread).
-    c10::InferenceMode no_autograd;
-    TileWorker<T> worker(p);
-    std::vector<float> own(splits == 1 ? part_floats : 0);
+  auto work = [&](int64_t begin, int64_t end) {
+    thread_local Scratch sc;
+    sc.reserve(tile_rows, kBlockKeys, D);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t tile_idx = idx / splits, split = idx % splits;
       const Tile t = tile_at(tile_idx);
-      const Partial part = splits == 1 ? partial_in(own.data()) : partial_at(tile_idx, split);
-      std::fill(part.acc, part.acc + kBlockRows * D, 0.f);
-      std::fill(part.m, part.m + kBlockRows, kNegInf);
-      std::fill(part.l, part.l + kBlockRows, 0.f);
-      auto [lo, hi] = worker.row_ranges(t);
+      auto [lo, hi] = row_ranges(t, sc);
       // Split boundaries on whole key blocks of the visible range.
       const int64_t first_block = lo / kBlockKeys, blocks = (hi + kBlockKeys - 1) / kBlockKeys - first_block;
       const int64_t per_split = (blocks + splits - 1) / splits;
       const int64_t k_begin = std::max(lo, (first_block + split * per_split) * kBlockKeys);
       const int64_t k_end = std::min(hi, (first_block + (split + 1) * per_split) * kBlockKeys);
-      if (k_begin < k_end) {
-        worker.load_queries(t);
-        worker.attend(t, k_begin, k_end, part);
-      }
-      // Without split-KV the tile is complete: store it now, so that prefill
-      // needs a single parallel region (each region ends in a barrier where
-      // idle OpenMP threads spin, which costs dearly on a loaded machine).
-      if (splits == 1) worker.store(t, part);
+      float* acc = splits > 1 ? part_base + idx * part_floats : sc.acc;
+      float* m = splits > 1 ? acc + tile_rows * D : sc.m;
+      float* l = splits > 1 ? m + tile_rows : sc.l;
+      unit(a, t, k_begin, k_end, acc, m, l, sc, /*store=*/splits == 1);
     }
-  });
+  };
+  if (threads == 1 || units == 1)
+    work(0, units);
+  else
+    at::parallel_for(0, units, 1, work);
   if (splits == 1) return;
 
-  // Merge the splits: with M = max_s m_s, out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
-  at::parallel_for(0, num_tiles, 1, [&](int64_t begin, int64_t end) {
-    c10::InferenceMode no_autograd;
-    TileWorker<T> worker(p);
-    std::vector<float> acc(kBlockRows * D), m(kBlockRows), l(kBlockRows);
-    for (int64_t tile_idx = begin; tile_idx < end; ++tile_idx) {
-      const Tile t = tile_at(tile_idx);
-      Partial merged = partial_at(tile_idx, 0);
-      if (splits > 1) {
-        merged = Partial{acc.data(), m.data(), l.data()};
-        for (int64_t r = 0; r < t.rows; ++r) {
-          float mx = kNegInf;
-          for (int64_t s = 0; s < splits; ++s) mx = std::max(mx, partial_at(tile_idx, s).m[r]);
-          l[r] = 0.f;
-          std::fill(acc.begin() + r * D, acc.begin() + (r + 1) * D, 0.f);
-          if (mx == kNegInf) continue;
-          for (int64_t s = 0; s < splits; ++s) {
-            const Partial ps = partial_at(tile_idx, s);
-            if (ps.m[r] == kNegInf) continue;
-            const float w = std::exp(ps.m[r] - mx);
-            l[r] += w * ps.l[r];
-            for (int64_t d = 0; d < D; ++d) acc[r * D + d] += w * ps.acc[r * D + d];
-          }
-        }
+  // Merge the splits on this thread (there are few tiles when splitting pays):
+  // with M = max_s m_s, out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
+  thread_local Scratch sc;
+  sc.reserve(tile_rows, kBlockKeys, D);
+  for (int64_t tile_idx = 0; tile_idx < num_tiles; ++tile_idx) {
+    const Tile t = tile_at(tile_idx);
+    for (int64_t r = 0; r < t.rows; ++r) {
+      auto part = [&](int64_t s) { return part_base + (tile_idx * splits + s) * part_floats; };
+      float mx = -std::numeric_limits<float>::infinity();
+      for (int64_t s = 0; s < splits; ++s) mx = std::max(mx, part(s)[tile_rows * D + r]);
+      float* acc = sc.acc + r * D;
+      std::fill(acc, acc + D, 0.f);
+      sc.l[r] = 0.f;
+      if (mx == -std::numeric_limits<float>::infinity()) continue;
+      for (int64_t s = 0; s < splits; ++s) {
+        const float* ps = part(s);
+        const float ms = ps[tile_rows * D + r];
+        if (ms == -std::numeric_limits<float>::infinity()) continue;
+        const float w = std::exp(ms - mx);
+        sc.l[r] += w * ps[tile_rows * (D + 1) + r];
+        for (int64_t d = 0; d < D; ++d) acc[d] += w * ps[r * D + d];
       }
-      worker.store(t, merged);
     }
-  });
+    // Normalise and store through the tile code's store (run_unit with an empty
+    // key range would reset acc, so store directly here).
+    const int64_t Dh = D;
+    for (int64_t r = 0; r < t.rows; ++r) {
+      const int64_t row = t.row0 + r;
+      const int64_t h = t.kv_head * a.group + row / p.q_len, i = row % p.q_len;
+      T* dst = static_cast<T*>(a.out) + ((t.b * p.q_len + i) * p.q_heads + h) * Dh;
+      const float inv = sc.l[r] > 0.f ? 1.f / sc.l[r] : 0.f;
+      for (int64_t d = 0; d < Dh; ++d) dst[d] = static_cast<T>(sc.acc[r * Dh + d] * inv);
+    }
+  }
 }
 
 at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
