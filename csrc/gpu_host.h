@@ -94,6 +94,25 @@ using DeviceGuard = c10::cuda::CUDAGuard;
 
 #endif
 
+// What the dispatch chose (kernel family and its compile-time / launch
+// parameters), one line per call, so the emulated tests can check that every
+// dispatched variant ran. Recorded in the emulator only; read (and cleared) from
+// Python with fastxf._emu.dispatch_log().
+#if defined(FASTXF_EMULATOR)
+std::vector<std::string>& dispatch_log();
+std::mutex& dispatch_log_mutex();
+template <typename... A>
+void trace_dispatch(const A&... parts) {
+  std::string line;
+  ((line += c10::str(parts)), ...);
+  std::lock_guard<std::mutex> lock(dispatch_log_mutex());
+  dispatch_log().push_back(std::move(line));
+}
+#else
+template <typename... A>
+inline void trace_dispatch(const A&...) {}
+#endif
+
 // The global memory a launch may touch. In the emulator each tensor's extent
 // (its first to last element, for non-negative strides) is registered with the
 // checker for the lifetime of this object, so an access outside every

@@ -5,7 +5,21 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "gpu_host.h"
 #include "schemas.h"
+
+namespace fastxf {
+namespace gpu {
+std::vector<std::string>& dispatch_log() {
+  static std::vector<std::string> log;
+  return log;
+}
+std::mutex& dispatch_log_mutex() {
+  static std::mutex mu;
+  return mu;
+}
+}  // namespace gpu
+}  // namespace fastxf
 
 TORCH_LIBRARY(fastxf_emu, m) {
   m.def(FASTXF_SCHEMA_LAYER_NORM);
@@ -15,9 +29,35 @@ TORCH_LIBRARY(fastxf_emu, m) {
 
 namespace {
 
+// dispatch_log() -> list[str]: what the host dispatch chose since the last call
+// (see gpu::trace_dispatch), then cleared.
+PyObject* dispatch_log(PyObject*, PyObject*) {
+  std::vector<std::string> lines;
+  {
+    std::lock_guard<std::mutex> lock(fastxf::gpu::dispatch_log_mutex());
+    lines.swap(fastxf::gpu::dispatch_log());
+  }
+  PyObject* list = PyList_New(static_cast<Py_ssize_t>(lines.size()));
+  if (list == nullptr) return nullptr;
+  for (size_t i = 0; i < lines.size(); ++i) {
+    PyObject* str = PyUnicode_FromString(lines[i].c_str());
+    if (str == nullptr) {
+      Py_DECREF(list);
+      return nullptr;
+    }
+    PyList_SET_ITEM(list, static_cast<Py_ssize_t>(i), str);
+  }
+  return list;
+}
+
+PyMethodDef methods[] = {
+    {"dispatch_log", dispatch_log, METH_NOARGS,
+     "What the emulated CUDA dispatch chose since the last call (one line per kernel family call); clears it."},
+    {nullptr, nullptr, 0, nullptr}};
+
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_emu",
                           "fastxf's CUDA kernels run by the CPU emulator (registered under torch.ops.fastxf_emu)", -1,
-                          nullptr};
+                          methods};
 
 }  // namespace
 

@@ -12,8 +12,13 @@ PY=${PYTHON:-python}
 TI=$("$PY" -c "import os, torch; print(os.path.join(os.path.dirname(torch.__file__), 'include'))")
 for arch in ${ARCHS:-80 90a}; do
   for f in $(cd "$ROOT" && ls csrc/*/*.cu); do
-    "$NVCC" -cubin -o /dev/null -std=c++20 -O3 --expt-relaxed-constexpr -arch "sm_$arch" -Xptxas -v \
-      -I"$ROOT/csrc" -I"$TI" -I"$TI/torch/csrc/api/include" "$ROOT/$f" 2>&1 |
+    if ! log=$("$NVCC" -cubin -o /dev/null -std=c++20 -O3 --expt-relaxed-constexpr -arch "sm_$arch" -Xptxas -v \
+      -I"$ROOT/csrc" -I"$TI" -I"$TI/torch/csrc/api/include" "$ROOT/$f" 2>&1); then
+      echo "$log" >&2
+      echo "ptxas_report.sh: $f failed to compile for sm_$arch" >&2
+      exit 1
+    fi
+    echo "$log" |
       awk -v arch="$arch" '
         /Compiling entry function/ { match($0, /\x27[^\x27]+\x27/); name = substr($0, RSTART + 1, RLENGTH - 2) }
         /spill stores/ { spill = $5 "/" $9 }

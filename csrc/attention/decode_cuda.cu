@@ -200,6 +200,7 @@ void run_decode(const AttentionProblem& p, const DeviceInfo& info, int device) {
     if (forced > 0) prm.splits = std::min(forced, decode::kMaxSplits);
   }
 
+  gpu::trace_dispatch("decode T=", p.q.scalar_type(), " D=", D, " splits=", prm.splits, " row_tiles=", prm.row_tiles);
   const cudaStream_t stream = gpu::current_stream(device);
   at::Tensor ws_o, ws_lse;  // kept alive until both launches are enqueued (the allocator is stream-ordered)
   if (prm.splits > 1) {

@@ -123,6 +123,7 @@ void prefill_attention_cuda(const AttentionProblem& p) {
   const cudaStream_t stream = gpu::current_stream(device);
   FASTXF_PREFILL_DTYPE_SWITCH(dtype, T, [&] {
     FASTXF_PREFILL_HEADDIM_SWITCH(d_load, kD, [&] {
+      gpu::trace_dispatch("prefill T=", dtype, " D=", kD, " d_load=", d_load, " d_out=", p.head_dim);
       prefill::run_prefill<T, kD>(prm, static_cast<int>(p.batch), static_cast<int>(p.q_heads), stream);
     });
   });

@@ -36,6 +36,19 @@
 #include "cuda/primitives.cuh"
 #include "gpu_launch.h"
 
+// Planted bugs: tests/test_emulated_planted_bugs.py checks that the emulator
+// catches them. FASTXF_PLANT_BUG=n compiles a deliberately broken variant, only
+// in the emulator's test translation units csrc/attention/planted_bug<n>_emu.cpp
+// (in their own namespace); everywhere else it is 0 and the hooks are the
+// original code.
+//   1: the barrier before a K/V stage is refilled is dropped (a race);
+//   2: off-by-one in the tile's row bound (reads past the last key);
+//   3: two K fragment registers swapped in S = Q K^T (wrong scores);
+//   4: the first tile is read one cp.async group too early (before its wait).
+#ifndef FASTXF_PLANT_BUG
+#define FASTXF_PLANT_BUG 0
+#endif
+
 namespace fastxf {
 namespace prefill {
 
@@ -100,7 +113,11 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t stride, 
   for (int i = 0; i < kTotal / kThreads; ++i) {
     const int idx = tid + i * kThreads;
     const int r = idx / kChunks, c = idx % kChunks;
+#if FASTXF_PLANT_BUG == 2
+    const bool ok = r <= rows_valid && c * 8 < d_load;
+#else
     const bool ok = r < rows_valid && c * 8 < d_load;
+#endif
     const T* s = ok ? src + r * stride + c * 8 : fallback;
     cp_async_16(dst + swz<kD>(r, c), s, ok ? 16 : 0);
   }
@@ -268,7 +285,11 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
 
   for (int it = 0; it < n_tiles; ++it) {
     const int n_block = n_begin + it, j0 = n_block * kBN, stage = it & 1;
+#if FASTXF_PLANT_BUG == 4
+    cp_async_wait<2>();
+#else
     cp_async_wait<1>();  // all groups but the newest done: Q and this tile have landed
+#endif
 
     bool need_mask = j0 < full_lo || j0 + kBN > full_hi;
     bool skip = false;
@@ -318,8 +339,13 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
           ldmatrix_x4(b0, b1, b2, b3, sKs + 2u * np * 16 * kD + k_off.at(ks));
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
+#if FASTXF_PLANT_BUG == 3
+            mma_m16n8k16<T>(acc_s[mt][2 * np], a[mt], b0, b2);
+            mma_m16n8k16<T>(acc_s[mt][2 * np + 1], a[mt], b1, b3);
+#else
             mma_m16n8k16<T>(acc_s[mt][2 * np], a[mt], b0, b1);
             mma_m16n8k16<T>(acc_s[mt][2 * np + 1], a[mt], b2, b3);
+#endif
           }
         }
       }
@@ -414,7 +440,9 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
       }
     }
 
+#if FASTXF_PLANT_BUG != 1
     sync_threads();  // every warp is done with this stage before it is refilled
+#endif
     if (it + 2 < n_tiles) load_kv(n_block + 2, stage);
     cp_async_commit();  // possibly empty: keeps the wait_group<1> count uniform
   }

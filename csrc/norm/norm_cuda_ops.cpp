@@ -133,6 +133,9 @@ void run_norm_cuda(NormProblem& p) {
   prm.layer_norm = p.kind == NormKind::kLayerNorm;
   prm.unit_offset = p.unit_offset;
 
+  gpu::trace_dispatch("norm ", prm.layer_norm ? "layer" : "rms", " x=", x_dtype, " out=", p.out.scalar_type(),
+                      " vec=", cfg.vectorized, " N=", cfg.chunks_per_thread, " G=", cfg.threads_per_row,
+                      " rows_per_block=", cfg.rows_per_block);
   gpu::KernelBuffers buffers;
   buffers.add(p.x, "x", false).add(p.residual, "residual", false).add(weight, "weight", false);
   buffers.add(bias, "bias", false).add(p.out, "out", true).add(p.residual_out, "residual_out", true).commit();
