@@ -89,6 +89,65 @@ at::Tensor mma_gemm(const at::Tensor& a, const at::Tensor& b, bool use_ldmatrix)
   return c;
 }
 
+// D = (A B) B2 for one 16 x 16 A, 16 x 16 B, 16 x 8 B2: the accumulators of
+// A B (two n8 tiles, C layout) are packed to T and fed to the second mma as its
+// A operand, as attention kernels do with P. With A / B fragments loaded by
+// ldmatrix (whose layout the test checks on its own), this pins the C layout
+// relative to the A layout, which a plain GEMM cannot (a consistent permutation
+// of C in both the kernel and the emulator would cancel out).
+template <typename T>
+__global__ void mma_chain_kernel(const uint16_t* a, const uint16_t* b, const uint16_t* b2, float* d) {
+  FASTXF_SHARED(uint16_t[16][16], sA);
+  FASTXF_SHARED(uint16_t[16][16], sB);   // [k][n]
+  FASTXF_SHARED(uint16_t[16][8], sB2);   // [k][n]
+  const int lane = threadIdx.x, g = lane >> 2, t = lane & 3, i = lane >> 3, r = lane & 7;
+  for (int e = lane; e < 256; e += 32) {
+    st_shared(&sA[e / 16][e % 16], ld_global(a + e));
+    st_shared(&sB[e / 16][e % 16], ld_global(b + e));
+  }
+  for (int e = lane; e < 128; e += 32) st_shared(&sB2[e / 8][e % 8], ld_global(b2 + e));
+  sync_warp();
+  uint32_t fa[4], b0, b1, b2r, b3;
+  ldmatrix_x4(fa[0], fa[1], fa[2], fa[3], cvta_to_shared(&sA[r + 8 * (i & 1)][8 * (i >> 1)]));
+  // B [k][n], .trans: matrices (k 0-7, n 0-7), (k 8-15, n 0-7), (k 0-7, n 8-15), (k 8-15, n 8-15).
+  ldmatrix_x4_trans(b0, b1, b2r, b3, cvta_to_shared(&sB[r + 8 * (i & 1)][8 * (i >> 1)]));
+  float s0[4] = {0.f, 0.f, 0.f, 0.f}, s1[4] = {0.f, 0.f, 0.f, 0.f};
+  mma_m16n8k16<T>(s0, fa, b0, b1);   // columns 0-7 of A B
+  mma_m16n8k16<T>(s1, fa, b2r, b3);  // columns 8-15
+  const uint32_t p[4] = {pack2<T>(s0[0], s0[1]), pack2<T>(s0[2], s0[3]), pack2<T>(s1[0], s1[1]),
+                         pack2<T>(s1[2], s1[3])};
+  uint32_t c0, c1;
+  ldmatrix_x2_trans(c0, c1, cvta_to_shared(&sB2[r + 8 * (i & 1)][0]));
+  float o[4] = {0.f, 0.f, 0.f, 0.f};
+  mma_m16n8k16<T>(o, p, c0, c1);
+  st_global(d + g * 8 + 2 * t, o[0]);
+  st_global(d + g * 8 + 2 * t + 1, o[1]);
+  st_global(d + (g + 8) * 8 + 2 * t, o[2]);
+  st_global(d + (g + 8) * 8 + 2 * t + 1, o[3]);
+}
+
+at::Tensor mma_chain(const at::Tensor& a, const at::Tensor& b, const at::Tensor& b2) {
+  TORCH_CHECK(a.sizes() == at::IntArrayRef({16, 16}) && b.sizes() == at::IntArrayRef({16, 16}) &&
+                  b2.sizes() == at::IntArrayRef({16, 8}),
+              "mma_chain: a (16, 16), b (16, 16), b2 (16, 8)");
+  TORCH_CHECK(a.scalar_type() == b.scalar_type() && a.scalar_type() == b2.scalar_type() &&
+                  (a.scalar_type() == at::kHalf || a.scalar_type() == at::kBFloat16),
+              "mma_chain: float16 or bfloat16 inputs of one dtype");
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous(), b2c = b2.contiguous();
+  at::Tensor d = at::empty({16, 8}, a.options().dtype(at::kFloat));
+  auto g1 = buffer(ac, "a", false), g2 = buffer(bc, "b", false), g3 = buffer(b2c, "b2", false),
+       g4 = buffer(d, "d", true);
+  const auto* pa = static_cast<const uint16_t*>(ac.data_ptr());
+  const auto* pb = static_cast<const uint16_t*>(bc.data_ptr());
+  const auto* pb2 = static_cast<const uint16_t*>(b2c.data_ptr());
+  if (a.scalar_type() == at::kHalf) {
+    FASTXF_LAUNCH(mma_chain_kernel<__half>, 1, 32, 0, nullptr, pa, pb, pb2, d.data_ptr<float>());
+  } else {
+    FASTXF_LAUNCH(mma_chain_kernel<__nv_bfloat16>, 1, 32, 0, nullptr, pa, pb, pb2, d.data_ptr<float>());
+  }
+  return d;
+}
+
 // ------------------------------------------------------------- ldmatrix ----
 // smem_rows: (R, 8) int16 copied to shared memory; rows: (32,) row index per
 // lane (lane 8i + r addresses row r of matrix i). Returns (32, num) int32.
@@ -404,6 +463,7 @@ at::Tensor block_sum(const at::Tensor& in, std::vector<int64_t> grid, std::vecto
 
 TORCH_LIBRARY(fastxf_emu_selftest, m) {
   m.def("mma_gemm(Tensor a, Tensor b, bool use_ldmatrix) -> Tensor", &mma_gemm);
+  m.def("mma_chain(Tensor a, Tensor b, Tensor b2) -> Tensor", &mma_chain);
   m.def("ldmatrix_probe(Tensor smem_rows, Tensor rows, int num, bool trans) -> Tensor", &ldmatrix_probe);
   m.def("shfl_probe(Tensor vals, Tensor args, int mode, int width, int mask) -> Tensor", &shfl_probe);
   m.def("vote_probe(Tensor pred) -> (Tensor, Tensor)", &vote_probe);
