@@ -9,7 +9,6 @@ must run clean).
 
 from __future__ import annotations
 
-import os
 import re
 
 import pytest
@@ -17,22 +16,24 @@ import torch
 
 import fastxf  # noqa: F401  (loads fastxf._C)
 from fastxf.testing import emulator_available
+from tests.emulation import require_emulator
 
 
 def _load_selftest_ops():
-    # Development shortcut: a library built outside the package (FASTXF_EMU_SELFTEST_LIB).
-    lib = os.environ.get("FASTXF_EMU_SELFTEST_LIB")
-    if lib:
-        torch.ops.load_library(lib)
-    elif emulator_available():
-        import fastxf._emu  # noqa: F401  (registers torch.ops.fastxf_emu_selftest)
-    else:
+    if not emulator_available():
         return None
+    import fastxf._emu  # noqa: F401  (registers torch.ops.fastxf_emu_selftest)
+
     return torch.ops.fastxf_emu_selftest
 
 
 ops = _load_selftest_ops()
-pytestmark = pytest.mark.skipif(ops is None, reason="fastxf was built without the CUDA emulator (FASTXF_EMULATOR=ON)")
+
+
+@pytest.fixture(autouse=True)
+def _needs_emulator():
+    if ops is None:
+        require_emulator()  # a skip, or a failure under FASTXF_REQUIRE_EMULATOR=1 (CI)
 
 
 # ------------------------------------------------------------------- mma ----
