@@ -28,7 +28,7 @@ CONFIGS_16 = [
     (31, "scalar N=1"),
     (50, "scalar N=2"),
     (1001, "scalar N=4 block per row"),
-    (5000, "scalar N=8"),
+    (5001, "scalar N=8"),
     (10001, "scalar N=16"),
     (16385, "scalar two-pass"),
 ]

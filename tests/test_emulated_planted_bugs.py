@@ -4,7 +4,7 @@ csrc/attention/planted_bug<n>_emu.cpp compile the prefill kernel with
 FASTXF_PLANT_BUG=n (hooks in prefill_kernel.cuh, compiled out everywhere
 else); fastxf_emu::planted_prefill runs one of them (fp16, head dim 64):
   0: no bug (the harness itself is right),
-  1: a dropped __syncthreads before a K/V stage is refilled -> race reported,
+  1: a dropped __syncthreads before a K/V stage is refilled -> race / early access reported,
   2: an off-by-one in the tile's row bound -> out-of-bounds read of k reported,
   3: two K fragment registers swapped -> wrong output (the accuracy check),
   4: a tile read before the cp.async wait that lands it -> reported.
@@ -36,13 +36,16 @@ def test_no_bug_matches_the_reference():
     assert_matches(out, q, k, v, causal=True)
 
 
-def test_dropped_barrier_is_a_race():
-    with pytest.raises(RuntimeError, match="(?i)race"):
+def test_dropped_barrier_is_reported():
+    # Without the barrier, the next tile's cp.async into a stage overlaps other
+    # warps' reads of it: reported as a race, or as a read of a destination of
+    # a cp.async in flight, whichever access the fiber schedule meets first.
+    with pytest.raises(RuntimeError, match="shared-memory race|not yet retired by cp.async.wait_group"):
         run(1, causal=False)
 
 
 def test_off_by_one_tail_is_out_of_bounds():
-    with pytest.raises(RuntimeError, match="(?i)out of bounds|outside"):
+    with pytest.raises(RuntimeError, match="out-of-bounds global .*'k'"):
         run(2)
 
 
@@ -53,5 +56,5 @@ def test_swapped_fragment_is_wrong_output():
 
 
 def test_read_before_cp_async_wait_is_reported():
-    with pytest.raises(RuntimeError, match="(?i)cp.async"):
+    with pytest.raises(RuntimeError, match="not yet retired by cp.async.wait_group"):
         run(4)
