@@ -275,6 +275,7 @@ Executor::~Executor() {
 
 void Executor::begin_launch(Launch* l) {
   launch = l;
+  last_region = nullptr;
   if (launch_id == l->id) return;
   launch_id = l->id;
   nthreads = static_cast<int>(l->block.x * l->block.y * l->block.z);

@@ -139,6 +139,7 @@ struct Executor {
   // ---- launch scope
   Launch* launch = nullptr;
   uint64_t launch_id = 0;
+  const Region* last_region = nullptr;  // the buffer of the last global access (most repeat it)
   int nthreads = 0;
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;

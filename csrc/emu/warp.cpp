@@ -21,6 +21,7 @@
 #include <cuda_fp16.h>
 
 #include <string>
+#include <vector>
 
 #include "emu/runtime.h"
 
@@ -120,16 +121,29 @@ void finish(Warp& w, int warp, bool last, const char* file, int line) {
   block_current();
 }
 
-float h2f(uint16_t bits, bool bf16) {
+// fp16 -> fp32 for all 65536 bit patterns (cuda_fp16.h's host conversion is
+// bit manipulation in software; an mma converts 384 operands).
+const float* half_table() {
+  static const std::vector<float> table = [] {
+    std::vector<float> t(65536);
+    for (uint32_t i = 0; i < 65536; ++i) {
+      __half_raw r;
+      r.x = static_cast<unsigned short>(i);
+      t[i] = __half2float(__half(r));
+    }
+    return t;
+  }();
+  return table.data();
+}
+
+inline float h2f(uint16_t bits, bool bf16, const float* half_lut) {
   if (bf16) {
     const uint32_t u = static_cast<uint32_t>(bits) << 16;
     float f;
     std::memcpy(&f, &u, 4);
     return f;
   }
-  __half_raw r;
-  r.x = bits;
-  return __half2float(__half(r));
+  return half_lut[bits];
 }
 
 }  // namespace
@@ -245,8 +259,9 @@ void mma_m16n8k16(bool bf16, float* c, const uint32_t* a, uint32_t b0, uint32_t 
   const bool last = join(w, lane, bf16 ? kMmaBf16 : kMmaF16, 0xffffffffu, file, line);
   if (last) {
     float A[16][16], B[16][8], C[16][8];
-    auto lo = [bf16](uint32_t r) { return h2f(static_cast<uint16_t>(r & 0xffff), bf16); };
-    auto hi = [bf16](uint32_t r) { return h2f(static_cast<uint16_t>(r >> 16), bf16); };
+    const float* lut = half_table();
+    auto lo = [bf16, lut](uint32_t r) { return h2f(static_cast<uint16_t>(r & 0xffff), bf16, lut); };
+    auto hi = [bf16, lut](uint32_t r) { return h2f(static_cast<uint16_t>(r >> 16), bf16, lut); };
     for (int l = 0; l < 32; ++l) {
       const int g = l >> 2, t = l & 3;
       const Slot& sl = w.slot[l];
@@ -269,11 +284,13 @@ void mma_m16n8k16(bool bf16, float* c, const uint32_t* a, uint32_t b0, uint32_t 
     }
     float D[16][8];
     for (int i = 0; i < 16; ++i) {
-      for (int j = 0; j < 8; ++j) {
-        double acc = C[i][j];
-        for (int k = 0; k < 16; ++k) acc += static_cast<double>(A[i][k]) * static_cast<double>(B[k][j]);
-        D[i][j] = static_cast<float>(acc);
+      double acc[8];
+      for (int j = 0; j < 8; ++j) acc[j] = C[i][j];
+      for (int k = 0; k < 16; ++k) {
+        const double a_ik = A[i][k];
+        for (int j = 0; j < 8; ++j) acc[j] += a_ik * static_cast<double>(B[k][j]);
       }
+      for (int j = 0; j < 8; ++j) D[i][j] = static_cast<float>(acc[j]);
     }
     for (int l = 0; l < 32; ++l) {
       const int g = l >> 2, t = l & 3;
