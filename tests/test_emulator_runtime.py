@@ -284,3 +284,10 @@ def test_warp_exchange_needs_syncwarp():
     torch.testing.assert_close(out, (torch.arange(64) ^ 1).float(), rtol=0, atol=0)
     with pytest.raises(RuntimeError, match=r"shared-memory race: write of shared byte \d+ \('s' \+ 4\), which thread \(0, 0, 0\) read"):
         ops.warp_exchange(False)
+
+
+def test_full_mask_shuffle_in_a_partial_warp_is_reported():
+    # 48 threads: warp 1 has 16 lanes, so a 0xffffffff shuffle there names lanes that do not exist.
+    with pytest.raises(RuntimeError, match=r"(?s)__shfl_xor_sync with mask 0xffffffff names lanes that have exited or do "
+                       r"not exist.*0xffff0000.*block_sum_kernel.*warp 1"):
+        ops.block_sum(torch.randn(1, 10), [1, 1, 1], [48, 1, 1])
