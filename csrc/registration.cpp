@@ -1,8 +1,12 @@
 // The one place where fastxf's op schemas are declared. Each backend adds its
 // implementations with TORCH_LIBRARY_IMPL(fastxf, CPU|CUDA, m) next to its
 // kernels (csrc/<op>/<op>_cpu.cpp, csrc/<op>/<op>_cuda.cu); the fake (meta)
-// implementations live in python/fastxf/ops/.
+// implementations live in python/fastxf/ops/. The schema strings are in
+// schemas.h, which the CPU emulator module (fastxf._emu) reuses for its
+// fastxf_emu::* copies of the ops.
 #include <torch/library.h>
+
+#include "schemas.h"
 
 TORCH_LIBRARY(fastxf, m) {
   // LayerNorm over the last dim with fp32 statistics. With `residual`, first
@@ -10,15 +14,11 @@ TORCH_LIBRARY(fastxf, m) {
   // would) and normalises s; the second output is s. Without it, the second
   // output is an empty tensor. weight / bias may be None; out_dtype defaults to
   // x's dtype.
-  m.def(
-      "layer_norm(Tensor x, Tensor? weight, Tensor? bias, float eps, Tensor? residual=None, "
-      "ScalarType? out_dtype=None) -> (Tensor, Tensor)");
+  m.def(FASTXF_SCHEMA_LAYER_NORM);
 
   // RMSNorm over the last dim, same residual contract as layer_norm.
   // unit_offset=True scales by (1 + weight) as Gemma does.
-  m.def(
-      "rms_norm(Tensor x, Tensor? weight, float eps, Tensor? residual=None, bool unit_offset=False, "
-      "ScalarType? out_dtype=None) -> (Tensor, Tensor)");
+  m.def(FASTXF_SCHEMA_RMS_NORM);
 
   // Exact softmax attention. q (B, Hq, Sq, D), k / v (B, Hkv, Sk, D), Hq % Hkv == 0,
   // any strides with a contiguous last dim. Query row i sits at key position
@@ -31,9 +31,7 @@ TORCH_LIBRARY(fastxf, m) {
   // (after scale and softcap, as FlashAttention-2 does). Rows that see no key are 0.
   // The output is (B, Hq, Sq, D) laid out as a contiguous (B, Sq, Hq, D) buffer,
   // so `.transpose(1, 2)` gives Hugging Face's layout without a copy.
-  m.def(
-      "attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask=None, Tensor? q_offset=None, "
-      "bool causal=False, float? scale=None, int window=0, float softcap=0.0, Tensor? alibi_slopes=None) -> Tensor");
+  m.def(FASTXF_SCHEMA_ATTENTION);
 
   // Attention over packed variable-length sequences (FlashAttention-2's
   // flash_attn_varlen_func convention). q (total_q, Hq, D), k / v (total_k, Hkv, D);

@@ -4,6 +4,8 @@
 #   FASTXF_PYTHON   interpreter for the venv (default: python3.11 if present, else python3)
 #   FASTXF_CUDA     AUTO (default), ON (fail if the CUDA kernels cannot be built) or OFF
 #   TORCH_CUDA_ARCH_LIST  CUDA archs (default "8.0+PTX;9.0a")
+#   FASTXF_EMULATOR ON: also build fastxf._emu, the CPU emulator of the CUDA kernels (default OFF;
+#                   scripts/test.sh turns it ON)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${FASTXF_PYTHON:-$(command -v python3.11 || command -v python3)}

@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "attention/attention.h"
+#include "emulation.h"
 
 // The Fortran BLAS entry point of the library torch links (MKL or OpenBLAS).
 // Weak, so that the extension still loads against a torch without one.
@@ -413,6 +414,10 @@ at::Tensor attention_cpu(const at::Tensor& q, const at::Tensor& k, const at::Ten
                          const std::optional<at::Tensor>& key_padding_mask, const std::optional<at::Tensor>& q_offset,
                          bool causal, std::optional<double> scale, int64_t window, double softcap,
                          const std::optional<at::Tensor>& alibi_slopes) {
+  if (emulating_cuda()) {  // fastxf.testing.emulate_cuda(): the CUDA kernels, run by the emulator
+    return emulated_op<decltype(attention_cpu)>("attention")
+        .call(q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap, alibi_slopes);
+  }
   auto p = make_attention_problem(q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap, alibi_slopes);
   if (p.out.numel() == 0) return p.out_view;
   if (p.k_len == 0) return p.out_view.zero_();

@@ -1,9 +1,8 @@
 // CUDA entry point of fastxf::attention: validates, then picks the decode
-// (split-KV) or the prefill kernel.
-#include <c10/cuda/CUDAGuard.h>
-#include <torch/library.h>
-
+// (split-KV) or the prefill kernel. (Also compiled for the CPU emulator, where
+// it registers fastxf_emu::attention; see gpu_host.h.)
 #include "attention/attention_cuda.h"
+#include "gpu_host.h"
 
 namespace fastxf {
 namespace {
@@ -12,7 +11,7 @@ at::Tensor attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Te
                           const std::optional<at::Tensor>& key_padding_mask, const std::optional<at::Tensor>& q_offset,
                           bool causal, std::optional<double> scale, int64_t window, double softcap,
                           const std::optional<at::Tensor>& alibi_slopes) {
-  const c10::cuda::CUDAGuard guard(q.device());
+  const gpu::DeviceGuard guard(q.device());
   auto p = make_attention_problem(q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap, alibi_slopes);
   TORCH_CHECK(!p.alibi.defined(), "fastxf.attention: alibi_slopes is not supported by the CUDA kernels yet");
   if (p.out.numel() == 0) return p.out_view;
@@ -23,6 +22,6 @@ at::Tensor attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Te
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastxf, CUDA, m) { m.impl("attention", &attention_cuda); }
+FASTXF_GPU_LIBRARY_IMPL(m) { m.impl("attention", &attention_cuda); }
 
 }  // namespace fastxf

@@ -3,9 +3,6 @@
 // shapes, and launches the split kernel (+ the merge kernel when splits > 1).
 // The split kernel is in decode_kernel.cuh, instantiated in decode_inst_*.cu;
 // the merge kernel is here.
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAStream.h>
-
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
@@ -15,6 +12,7 @@
 
 #include "attention/attention_cuda.h"
 #include "attention/decode_common.cuh"
+#include "gpu_host.h"
 
 namespace fastxf {
 namespace decode {
@@ -22,7 +20,6 @@ namespace decode {
 // Combines the p.splits partials of each row: one warp per row.
 template <typename T>
 __global__ void __launch_bounds__(128) merge_kernel(const Params p, int head_dim) {
-  using E = Elem<T>;
   constexpr float kNegInf = -__builtin_huge_valf();
   const int64_t rows_total = static_cast<int64_t>(p.batch) * p.kv_heads * p.rows;
   const int64_t gr = static_cast<int64_t>(blockIdx.x) * 4 + (threadIdx.x >> 5);
@@ -36,65 +33,45 @@ __global__ void __launch_bounds__(128) merge_kernel(const Params p, int head_dim
   uint16_t* out = static_cast<uint16_t*>(p.out) + ((b * p.q_len + i) * p.q_heads + h) * head_dim;
 
   float mall = kNegInf;
-  for (int s = 0; s < p.splits; ++s) mall = fmaxf(mall, p.ws_lse[s * rows_total + gr]);
+  for (int s = 0; s < p.splits; ++s) mall = fmaxf(mall, ld_global(p.ws_lse + s * rows_total + gr));
   if (mall == kNegInf) {  // no split saw a key: zeros
-    for (int d = lane; d < head_dim; d += 32) out[d] = 0;
+    for (int d = lane; d < head_dim; d += 32) st_global(out + d, 0);
     return;
   }
   float wsum = 0.f;
-  for (int s = 0; s < p.splits; ++s) wsum += exp2f(p.ws_lse[s * rows_total + gr] - mall);
+  for (int s = 0; s < p.splits; ++s) wsum += exp2f(ld_global(p.ws_lse + s * rows_total + gr) - mall);
   const float inv = 1.f / wsum;
   // head_dim is a multiple of 16: float4 loads stay aligned.
   for (int d = lane * 4; d < head_dim; d += 128) {
     float4 a = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int s = 0; s < p.splits; ++s) {
-      const float w = exp2f(p.ws_lse[s * rows_total + gr] - mall);
+      const float w = exp2f(ld_global(p.ws_lse + s * rows_total + gr) - mall);
       if (w == 0.f) continue;  // empty split: lse = -inf
-      const float4 o = *reinterpret_cast<const float4*>(p.ws_o + (s * rows_total + gr) * head_dim + d);
+      const float4 o = ld_global(reinterpret_cast<const float4*>(p.ws_o + (s * rows_total + gr) * head_dim + d));
       a.x += w * o.x;
       a.y += w * o.y;
       a.z += w * o.z;
       a.w += w * o.w;
     }
-    out[d] = E::from_float(a.x * inv);
-    out[d + 1] = E::from_float(a.y * inv);
-    out[d + 2] = E::from_float(a.z * inv);
-    out[d + 3] = E::from_float(a.w * inv);
+    st_global(out + d, bits_of<T>(a.x * inv));
+    st_global(out + d + 1, bits_of<T>(a.y * inv));
+    st_global(out + d + 2, bits_of<T>(a.z * inv));
+    st_global(out + d + 3, bits_of<T>(a.w * inv));
   }
 }
 
 template <typename T>
 void launch_merge_kernel(const Params& p, int head_dim, cudaStream_t stream) {
   const int64_t rows_total = static_cast<int64_t>(p.batch) * p.kv_heads * p.rows;
-  merge_kernel<T><<<static_cast<unsigned>((rows_total + 3) / 4), 128, 0, stream>>>(p, head_dim);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  FASTXF_LAUNCH(merge_kernel<T>, static_cast<unsigned>((rows_total + 3) / 4), 128, 0, stream, p, head_dim);
+  FASTXF_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace decode
 
 namespace {
 
-struct DeviceInfo {
-  int sms = 0;
-  int major = 0;
-  int smem_optin = 0;  // max dynamic shared memory per block (bytes)
-};
-
-// Queried once per device: attribute queries are cheap but not free, and the
-// decode step is launch-latency sensitive.
-DeviceInfo device_info(int device) {
-  static std::mutex mu;
-  static std::unordered_map<int, DeviceInfo> cache;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(device);
-  if (it != cache.end()) return it->second;
-  DeviceInfo info;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.sms, cudaDevAttrMultiProcessorCount, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.major, cudaDevAttrComputeCapabilityMajor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&info.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-  cache.emplace(device, info);
-  return info;
-}
+using DeviceInfo = gpu::DeviceProps;  // queried once per device (gpu_host.h)
 
 template <typename T, int D>
 int cached_occupancy(int device) {
@@ -223,7 +200,8 @@ void run_decode(const AttentionProblem& p, const DeviceInfo& info, int device) {
     if (forced > 0) prm.splits = std::min(forced, decode::kMaxSplits);
   }
 
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  gpu::trace_dispatch("decode T=", p.q.scalar_type(), " D=", D, " splits=", prm.splits, " row_tiles=", prm.row_tiles);
+  const cudaStream_t stream = gpu::current_stream(device);
   at::Tensor ws_o, ws_lse;  // kept alive until both launches are enqueued (the allocator is stream-ordered)
   if (prm.splits > 1) {
     const int64_t rows_total = p.batch * p.kv_heads * prm.rows;
@@ -233,6 +211,10 @@ void run_decode(const AttentionProblem& p, const DeviceInfo& info, int device) {
     prm.ws_o = ws_o.data_ptr<float>();
     prm.ws_lse = ws_lse.data_ptr<float>();
   }
+  gpu::KernelBuffers buffers;
+  buffers.add(p.q, "q", false).add(p.k, "k", false).add(p.v, "v", false).add(p.key_mask, "key_padding_mask", false);
+  buffers.add(p.q_offset, "q_offset", false).add(p.out, "out", true).add(ws_o, "ws_o", true);
+  buffers.add(ws_lse, "ws_lse", true).commit();
   decode::launch_split_kernel<T, D>(prm, stream);
   if (prm.splits > 1) decode::launch_merge_kernel<T>(prm, D, stream);
 }
@@ -257,7 +239,7 @@ bool decode_attention_cuda(const AttentionProblem& p) {
   if (p.batch * p.q_heads > INT_MAX) return false;
   if (!aligned16(p.k) || !aligned16(p.v)) return false;
   const int device = p.q.get_device();
-  const DeviceInfo info = device_info(device);
+  const DeviceInfo info = gpu::device_props(device);
   if (info.major < 8) return false;  // bf16 / f16 m16n8k16 mma and cp.async need sm_80
   // Consumer GPUs (sm_86 / sm_89: 99 KB per block) cannot hold the deeper
   // pipelines; 1 KB of margin for the kernel's static shared memory.

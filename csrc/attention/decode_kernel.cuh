@@ -24,7 +24,6 @@
 // masks the holes key by key. Rows with no visible key give zeros.
 #pragma once
 
-#include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -33,41 +32,37 @@
 #include <cstdint>
 
 #include "attention/decode_common.cuh"
+#include "cuda/primitives.cuh"
+#include "gpu_launch.h"
 
 namespace fastxf {
 namespace decode {
 
-// 16-byte global -> shared copy; when !valid the 16 bytes are zero-filled (no
-// global read), so keys outside the split (or past Sk) hold zeros, never
-// garbage that could turn 0 * NaN into NaN in P.V.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
-  const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  const int src_bytes = valid ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
+// K/V rows move with 16-byte cp.async (cp_async_16); a copy with src_bytes = 0
+// zero-fills its 16 bytes without reading global memory, so keys outside the
+// split (or past Sk) hold zeros, never garbage that could turn 0 * NaN into NaN
+// in P.V.
 
-__device__ __forceinline__ uint32_t ld_b32(const uint16_t* p) { return *reinterpret_cast<const uint32_t*>(p); }
+// Two consecutive 16-bit elements of a shared-memory row as one .b32 mma operand.
+__device__ __forceinline__ uint32_t ld_b32(const uint16_t* p) { return ld_shared(reinterpret_cast<const uint32_t*>(p)); }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
   using S = Smem<D>;
-  using E = Elem<T>;
   constexpr int kStride = S::kStride;
   constexpr int kStages = S::kStages;
   constexpr int kVecPerRow = D / 8;  // 16-byte vectors per K/V row
   constexpr float kNegInf = -__builtin_huge_valf();
 
-  extern __shared__ __align__(16) unsigned char smem[];
+  unsigned char* smem = dynamic_shared<unsigned char>();
   uint16_t* q_s = reinterpret_cast<uint16_t*>(smem);
   unsigned char* pipe = smem + S::kQBytes;
-  __shared__ float s_m[kWarps][kRowTile], s_l[kWarps][kRowTile];
-  __shared__ float s_row_m[kRowTile], s_row_l[kRowTile];
-  __shared__ int s_first, s_last;
+  FASTXF_SHARED(float[kWarps][kRowTile], s_m);
+  FASTXF_SHARED(float[kWarps][kRowTile], s_l);
+  FASTXF_SHARED(float[kRowTile], s_row_m);
+  FASTXF_SHARED(float[kRowTile], s_row_l);
+  FASTXF_SHARED(int, s_first);
+  FASTXF_SHARED(int, s_last);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int g = lane >> 2, t = lane & 3;  // mma fragment coordinates
@@ -79,7 +74,8 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
   const int kvh = cta % p.kv_heads;
   const int b = cta / p.kv_heads;
 
-  const int64_t offset = p.q_offset ? static_cast<int64_t>(p.q_offset[b]) : static_cast<int64_t>(p.k_len) - p.q_len;
+  const int64_t offset =
+      p.q_offset ? static_cast<int64_t>(ld_global(p.q_offset + b)) : static_cast<int64_t>(p.k_len) - p.q_len;
   // Keys [lo, hi) that causal / window let row rl of this tile see (empty for
   // the padding rows past p.rows).
   auto row_range = [&](int rl, int& lo, int& hi) {
@@ -126,17 +122,17 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
     // loaded. 8 independent byte loads per thread per pass: one round trip per
     // 1024 keys.
     if (tid == 0) {
-      s_first = INT_MAX;
-      s_last = -1;
+      st_shared(&s_first, INT_MAX);
+      st_shared(&s_last, -1);
     }
-    __syncthreads();
+    sync_threads();
     int f = INT_MAX, l = -1;
     for (int base = kb; base < ke; base += kThreads * 8) {
       uint8_t mv[8];
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
         const int j = base + u * kThreads + tid;
-        mv[u] = j < ke ? mrow[j] : 0;
+        mv[u] = j < ke ? ld_global(mrow + j) : 0;
       }
 #pragma unroll
       for (int u = 0; u < 8; ++u) {
@@ -149,19 +145,20 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
-      f = min(f, __shfl_xor_sync(0xffffffffu, f, o));
-      l = max(l, __shfl_xor_sync(0xffffffffu, l, o));
+      f = min(f, shfl_xor_sync(0xffffffffu, f, o));
+      l = max(l, shfl_xor_sync(0xffffffffu, l, o));
     }
     if (lane == 0 && l >= 0) {
-      atomicMin(&s_first, f);
-      atomicMax(&s_last, l);
+      atomic_min(&s_first, f);
+      atomic_max(&s_last, l);
     }
-    __syncthreads();
-    if (s_last < 0) {
+    sync_threads();
+    const int first = ld_shared(&s_first), last = ld_shared(&s_last);
+    if (last < 0) {
       kb = ke = 0;
     } else {
-      kb = s_first;
-      ke = s_last + 1;
+      kb = first;
+      ke = last + 1;
     }
   }
 
@@ -174,10 +171,10 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
       uint16_t val = 0;
       if (r < p.rows) {
         const int h = kvh * p.group + r / p.q_len, i = r % p.q_len;
-        val = qg[static_cast<int64_t>(b) * p.q_sb + static_cast<int64_t>(h) * p.q_sh +
-                 static_cast<int64_t>(i) * p.q_ss + d];
+        val = ld_global(qg + (static_cast<int64_t>(b) * p.q_sb + static_cast<int64_t>(h) * p.q_sh +
+                              static_cast<int64_t>(i) * p.q_ss + d));
       }
-      q_s[rl * kStride + d] = val;
+      st_shared(q_s + rl * kStride + d, val);
     }
   }
 
@@ -200,8 +197,8 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
       const bool ok = key >= kb && key < ke;
       const int64_t kofs = ok ? static_cast<int64_t>(key) * p.k_ss + vec * 8 : 0;
       const int64_t vofs = ok ? static_cast<int64_t>(key) * p.v_ss + vec * 8 : 0;
-      cp_async16(ks + kl * kStride + vec * 8, kg + kofs, ok);
-      cp_async16(vs + kl * kStride + vec * 8, vg + vofs, ok);
+      cp_async_16(ks + kl * kStride + vec * 8, kg + kofs, ok ? 16 : 0);
+      cp_async_16(vs + kl * kStride + vec * 8, vg + vofs, ok ? 16 : 0);
     }
   };
 
@@ -236,7 +233,7 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
     // the barrier publishes every thread's copies and tells that all warps are
     // done with the stage the prefetch below overwrites (consumed at it - 1).
     cp_async_wait<kStages - 2>();
-    __syncthreads();
+    sync_threads();
     {
       const int nx = it + kStages - 1;
       if (nx < nchunks) load_chunk(c_begin + nx, nx % kStages);
@@ -256,7 +253,7 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
 #pragma unroll
           for (int e = 0; e < 2; ++e) {
             const int key = key0 + nt * 8 + 2 * t + e;
-            mk[nt][e] = key >= kb && key < ke && mrow[key] != 0;
+            mk[nt][e] = key >= kb && key < ke && ld_global(mrow + key) != 0;
           }
       }
 
@@ -267,14 +264,12 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
 #pragma unroll
       for (int kk = 0; kk < D / 16; ++kk) {
         const int d0 = kk * 16 + 2 * t;
-        const uint32_t a0 = ld_b32(q_s + g * kStride + d0);
-        const uint32_t a1 = ld_b32(q_s + (g + 8) * kStride + d0);
-        const uint32_t a2 = ld_b32(q_s + g * kStride + d0 + 8);
-        const uint32_t a3 = ld_b32(q_s + (g + 8) * kStride + d0 + 8);
+        const uint32_t a[4] = {ld_b32(q_s + g * kStride + d0), ld_b32(q_s + (g + 8) * kStride + d0),
+                               ld_b32(q_s + g * kStride + d0 + 8), ld_b32(q_s + (g + 8) * kStride + d0 + 8)};
 #pragma unroll
         for (int nt = 0; nt < 2; ++nt) {
           const uint16_t* kr = ks + (nt * 8 + g) * kStride + d0;
-          E::mma(s[nt], a0, a1, a2, a3, ld_b32(kr), ld_b32(kr + 8));
+          mma_m16n8k16<T>(s[nt], a, ld_b32(kr), ld_b32(kr + 8));
         }
       }
 
@@ -296,10 +291,10 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
             mx1 = fmaxf(mx1, x);
         }
       // The 4 lanes of a row (same g) hold its 16 keys.
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
-      mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
-      mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+      mx0 = fmaxf(mx0, shfl_xor_sync(0xffffffffu, mx0, 1));
+      mx0 = fmaxf(mx0, shfl_xor_sync(0xffffffffu, mx0, 2));
+      mx1 = fmaxf(mx1, shfl_xor_sync(0xffffffffu, mx1, 1));
+      mx1 = fmaxf(mx1, shfl_xor_sync(0xffffffffu, mx1, 2));
       const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1);
       // A row that has seen nothing keeps m = -inf; subtracting 0 instead keeps
       // exp2 away from (-inf) - (-inf) = NaN.
@@ -326,56 +321,58 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
 
       // O += P V: the S accumulators of the two key tiles are exactly the A
       // fragment of a 16 (rows) x 16 (keys) operand.
-      const uint32_t p0 = E::pack(s[0][0], s[0][1]);  // row g,     keys 2t, 2t+1
-      const uint32_t p1 = E::pack(s[0][2], s[0][3]);  // row g + 8, keys 2t, 2t+1
-      const uint32_t p2 = E::pack(s[1][0], s[1][1]);  // row g,     keys 8+2t, 9+2t
-      const uint32_t p3 = E::pack(s[1][2], s[1][3]);  // row g + 8, keys 8+2t, 9+2t
+      const uint32_t pa[4] = {
+          pack2<T>(s[0][0], s[0][1]),  // row g,     keys 2t, 2t+1
+          pack2<T>(s[0][2], s[0][3]),  // row g + 8, keys 2t, 2t+1
+          pack2<T>(s[1][0], s[1][1]),  // row g,     keys 8+2t, 9+2t
+          pack2<T>(s[1][2], s[1][3]),  // row g + 8, keys 8+2t, 9+2t
+      };
 #pragma unroll
       for (int dn = 0; dn < D / 8; ++dn) {
         // B fragment (keys x 8 dims, "col"): b0 = V[2t][col], V[2t+1][col];
         // b1 = V[2t+8][col], V[2t+9][col]; col = dn * 8 + g.
         const uint16_t* vc = vs + dn * 8 + g;
-        const uint32_t b0 = static_cast<uint32_t>(vc[(2 * t) * kStride]) |
-                            (static_cast<uint32_t>(vc[(2 * t + 1) * kStride]) << 16);
-        const uint32_t b1 = static_cast<uint32_t>(vc[(2 * t + 8) * kStride]) |
-                            (static_cast<uint32_t>(vc[(2 * t + 9) * kStride]) << 16);
-        E::mma(acc[dn], p0, p1, p2, p3, b0, b1);
+        const uint32_t b0 = static_cast<uint32_t>(ld_shared(vc + (2 * t) * kStride)) |
+                            (static_cast<uint32_t>(ld_shared(vc + (2 * t + 1) * kStride)) << 16);
+        const uint32_t b1 = static_cast<uint32_t>(ld_shared(vc + (2 * t + 8) * kStride)) |
+                            (static_cast<uint32_t>(ld_shared(vc + (2 * t + 9) * kStride)) << 16);
+        mma_m16n8k16<T>(acc[dn], pa, b0, b1);
       }
     }
   }
 
   // ---- merge the 4 warps (each saw a quarter of every chunk) ----
   cp_async_wait<0>();
-  __syncthreads();  // every warp is done with the pipeline memory, reused below
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
-  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
-  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  sync_threads();  // every warp is done with the pipeline memory, reused below
+  l0 += shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += shfl_xor_sync(0xffffffffu, l1, 2);
   if (t == 0) {
-    s_m[warp][g] = m0;
-    s_m[warp][g + 8] = m1;
-    s_l[warp][g] = l0;
-    s_l[warp][g + 8] = l1;
+    st_shared(&s_m[warp][g], m0);
+    st_shared(&s_m[warp][g + 8], m1);
+    st_shared(&s_l[warp][g], l0);
+    st_shared(&s_l[warp][g + 8], l1);
   }
-  __syncthreads();
+  sync_threads();
   float mall0 = kNegInf, mall1 = kNegInf;
 #pragma unroll
   for (int w = 0; w < kWarps; ++w) {
-    mall0 = fmaxf(mall0, s_m[w][g]);
-    mall1 = fmaxf(mall1, s_m[w][g + 8]);
+    mall0 = fmaxf(mall0, ld_shared(&s_m[w][g]));
+    mall1 = fmaxf(mall1, ld_shared(&s_m[w][g + 8]));
   }
   const float f0 = exp2f(m0 - (mall0 == kNegInf ? 0.f : mall0));
   const float f1 = exp2f(m1 - (mall1 == kNegInf ? 0.f : mall1));
   if (tid < kRowTile) {
     float mall = kNegInf;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) mall = fmaxf(mall, s_m[w][tid]);
+    for (int w = 0; w < kWarps; ++w) mall = fmaxf(mall, ld_shared(&s_m[w][tid]));
     const float base = mall == kNegInf ? 0.f : mall;
     float lsum = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) lsum += s_l[w][tid] * exp2f(s_m[w][tid] - base);
-    s_row_m[tid] = mall;
-    s_row_l[tid] = lsum;
+    for (int w = 0; w < kWarps; ++w) lsum += ld_shared(&s_l[w][tid]) * exp2f(ld_shared(&s_m[w][tid]) - base);
+    st_shared(&s_row_m[tid], mall);
+    st_shared(&s_row_l[tid], lsum);
   }
   float* slab = reinterpret_cast<float*>(pipe);
   {
@@ -383,11 +380,11 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
 #pragma unroll
     for (int dn = 0; dn < D / 8; ++dn) {
       const int col = dn * 8 + 2 * t;
-      *reinterpret_cast<float2*>(mine + g * D + col) = make_float2(acc[dn][0] * f0, acc[dn][1] * f0);
-      *reinterpret_cast<float2*>(mine + (g + 8) * D + col) = make_float2(acc[dn][2] * f1, acc[dn][3] * f1);
+      st_shared(reinterpret_cast<float2*>(mine + g * D + col), make_float2(acc[dn][0] * f0, acc[dn][1] * f0));
+      st_shared(reinterpret_cast<float2*>(mine + (g + 8) * D + col), make_float2(acc[dn][2] * f1, acc[dn][3] * f1));
     }
   }
-  __syncthreads();
+  sync_threads();
 
   const bool direct = p.splits == 1;
   const int64_t rows_total = static_cast<int64_t>(p.batch) * p.kv_heads * p.rows;
@@ -398,17 +395,17 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
     if (r >= p.rows) continue;
     float sum = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) sum += slab[(w * kRowTile + rl) * D + d];
-    const float lsum = s_row_l[rl];
+    for (int w = 0; w < kWarps; ++w) sum += ld_shared(slab + (w * kRowTile + rl) * D + d);
+    const float lsum = ld_shared(&s_row_l[rl]);
     const float o = lsum > 0.f ? sum / lsum : 0.f;
     if (direct) {
       const int h = kvh * p.group + r / p.q_len, i = r % p.q_len;
       uint16_t* out = static_cast<uint16_t*>(p.out);
-      out[((static_cast<int64_t>(b) * p.q_len + i) * p.q_heads + h) * D + d] = E::from_float(o);
+      st_global(out + ((static_cast<int64_t>(b) * p.q_len + i) * p.q_heads + h) * D + d, bits_of<T>(o));
     } else {
       const int64_t gr = static_cast<int64_t>(split) * rows_total + row_base + r;
-      p.ws_o[gr * D + d] = o;
-      if (d == 0) p.ws_lse[gr] = lsum > 0.f ? s_row_m[rl] + log2f(lsum) : kNegInf;
+      st_global(p.ws_o + gr * D + d, o);
+      if (d == 0) st_global(p.ws_lse + gr, lsum > 0.f ? ld_shared(&s_row_m[rl]) + log2f(lsum) : kNegInf);
     }
   }
 }
@@ -416,9 +413,8 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
 template <typename T, int D>
 int split_kernel_occupancy() {
   constexpr int bytes = Smem<D>::kBytes;  // opt in to > 48 KB on the current device
-  C10_CUDA_CHECK(cudaFuncSetAttribute(split_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-  int blocks = 0;
-  C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, split_kernel<T, D>, kThreads, bytes));
+  FASTXF_CUDA_CHECK(set_max_dynamic_shared_bytes(split_kernel<T, D>, bytes));
+  const int blocks = gpu::occupancy(split_kernel<T, D>, kThreads, bytes);
   return blocks < 1 ? 1 : blocks;
 }
 
@@ -430,8 +426,8 @@ void launch_split_kernel(const Params& p, cudaStream_t stream) {
   // decode step captured into a CUDA graph makes no other CUDA API call.
   constexpr int bytes = Smem<D>::kBytes;
   const int64_t grid = static_cast<int64_t>(p.batch) * p.kv_heads * p.splits * p.row_tiles;
-  split_kernel<T, D><<<static_cast<unsigned>(grid), kThreads, bytes, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  FASTXF_LAUNCH((split_kernel<T, D>), static_cast<unsigned>(grid), kThreads, bytes, stream, p);
+  FASTXF_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace decode

@@ -1,8 +1,6 @@
 // Host side of the CUDA prefill path: checks what the kernel needs, fills
 // prefill::Params and dispatches on (dtype, head dim) to the instantiations in
 // prefill_<dtype>_hdim<D>.cu.
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -11,6 +9,7 @@
 
 #include "attention/attention_cuda.h"
 #include "attention/prefill_params.cuh"
+#include "gpu_host.h"
 
 // Head dims with a kernel instantiation; others run on the next larger one with
 // the extra columns zero-filled inside the kernel (q.k and P.V are unchanged by
@@ -83,8 +82,8 @@ void prefill_attention_cuda(const AttentionProblem& p) {
   TORCH_CHECK(p.batch <= 65535 && p.q_heads <= 65535, op,
               ": the CUDA prefill kernel supports batch and q_heads up to 65535, got batch=", p.batch,
               ", q_heads=", p.q_heads);
-  int device = p.q.get_device(), major = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  const int device = p.q.get_device();
+  const int major = gpu::device_props(device).major;
   TORCH_CHECK(major >= 8, op, ": the CUDA prefill kernel needs compute capability 8.0 or newer (Ampere, Hopper), got ",
               major, ".x");
 
@@ -118,9 +117,13 @@ void prefill_attention_cuda(const AttentionProblem& p) {
   prm.softcap_in = prm.use_softcap ? static_cast<float>(2.0 * kLog2e * p.scale / p.softcap) : 0.f;
   prm.softcap_out = prm.use_softcap ? static_cast<float>(p.softcap * kLog2e) : 0.f;
 
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(device).stream();
+  gpu::KernelBuffers buffers;
+  buffers.add(q, "q", false).add(k, "k", false).add(v, "v", false).add(p.key_mask, "key_padding_mask", false);
+  buffers.add(p.q_offset, "q_offset", false).add(p.out, "out", true).commit();
+  const cudaStream_t stream = gpu::current_stream(device);
   FASTXF_PREFILL_DTYPE_SWITCH(dtype, T, [&] {
     FASTXF_PREFILL_HEADDIM_SWITCH(d_load, kD, [&] {
+      gpu::trace_dispatch("prefill T=", dtype, " D=", kD, " d_load=", d_load, " d_out=", p.head_dim);
       prefill::run_prefill<T, kD>(prm, static_cast<int>(p.batch), static_cast<int>(p.q_heads), stream);
     });
   });

@@ -29,99 +29,36 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <c10/cuda/CUDAException.h>
-
 #include <climits>
 #include <cstdint>
 
 #include "attention/prefill_params.cuh"
+#include "cuda/primitives.cuh"
+#include "gpu_launch.h"
+
+// Planted bugs: tests/test_emulated_planted_bugs.py checks that the emulator
+// catches them. FASTXF_PLANT_BUG=n compiles a deliberately broken variant, only
+// in the emulator's test translation units csrc/attention/planted_bug<n>_emu.cpp
+// (in their own namespace); everywhere else it is 0 and the hooks are the
+// original code.
+//   1: the barrier before a K/V stage is refilled is dropped (a race);
+//   2: off-by-one in the tile's row bound (reads past the last key);
+//   3: two K fragment registers swapped in S = Q K^T (wrong scores);
+//   4: the first tile is read one cp.async group too early (before its wait).
+#ifndef FASTXF_PLANT_BUG
+#define FASTXF_PLANT_BUG 0
+#endif
 
 namespace fastxf {
 namespace prefill {
 
-// ------------------------------------------------------------ primitives ----
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-// 16-byte global -> shared copy; src_bytes = 0 zero-fills the destination
-// without reading global memory.
-__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-}
-
-// Addresses are 32-bit shared-window byte addresses (not generic pointers): the
-// unrolled loops then address fragments as register + immediate.
-__device__ __forceinline__ void ldmatrix_x4(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3, uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3,
-                                                  uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
-template <typename T>
-struct Mma;
-
-template <>
-struct Mma<__half> {
-  // c += a * b
-  static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  // Two floats -> one register holding (lo, hi) halves.
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __half2 h = __floats2half2_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-};
-
-template <>
-struct Mma<__nv_bfloat16> {
-  static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-    asm(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-        "{%0, %1, %2, %3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-  }
-  static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
-    __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    return *reinterpret_cast<uint32_t*>(&h);
-  }
-};
-
-// 2^x; ex2.approx(-inf) = +0, which the masked scores rely on.
-__device__ __forceinline__ float fast_exp2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
-
-__device__ __forceinline__ float fast_rcp(float x) {
-  float y;
-  asm("rcp.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-  return y;
-}
+// ------------------------------------------------------------ helpers ----
+// (cp.async, ldmatrix, mma, pack and the approximate math are in cuda/primitives.cuh.)
 
 // tanh(y) given z = 2 y log2(e): 1 - 2 / (2^z + 1). Absolute error ~1e-7 (what
 // matters for a logit softcap), ends exact at +-1 (2^z = inf -> rcp = 0), and far
 // lighter on registers than tanhf.
-__device__ __forceinline__ float tanh_from_exp2(float z) { return 1.f - 2.f * fast_rcp(fast_exp2(z) + 1.f); }
+__device__ __forceinline__ float tanh_from_exp2(float z) { return 1.f - 2.f * rcp_approx(ex2_approx(z) + 1.f); }
 
 // Element offset of 16-byte chunk `chunk` of row `row` in a [rows][kD] tile.
 // Rows of >= 128 bytes: chunk ^ (row % 8) within each group of 8 chunks, so 8
@@ -176,7 +113,11 @@ __device__ __forceinline__ void load_tile(T* dst, const T* src, int64_t stride, 
   for (int i = 0; i < kTotal / kThreads; ++i) {
     const int idx = tid + i * kThreads;
     const int r = idx / kChunks, c = idx % kChunks;
+#if FASTXF_PLANT_BUG == 2
+    const bool ok = r <= rows_valid && c * 8 < d_load;
+#else
     const bool ok = r < rows_valid && c * 8 < d_load;
+#endif
     const T* s = ok ? src + r * stride + c * 8 : fallback;
     cp_async_16(dst + swz<kD>(r, c), s, ok ? 16 : 0);
   }
@@ -191,10 +132,10 @@ __device__ __forceinline__ int clamp_pos(int64_t x, int hi) {
 template <typename T>
 __device__ __forceinline__ void store_chunk(T* dst_row, int c8, const T* src, int d_out, bool vec) {
   if (vec && c8 + 8 <= d_out) {
-    uint4 v = src ? *reinterpret_cast<const uint4*>(src) : make_uint4(0, 0, 0, 0);
-    *reinterpret_cast<uint4*>(dst_row + c8) = v;
+    const uint4 v = src ? ld_shared(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
+    st_global(reinterpret_cast<uint4*>(dst_row + c8), v);
   } else {
-    for (int e = 0; e < 8 && c8 + e < d_out; ++e) dst_row[c8 + e] = src ? src[e] : T(0.f);
+    for (int e = 0; e < 8 && c8 + e < d_out; ++e) st_global(dst_row + c8 + e, src ? ld_shared(src + e) : T(0.f));
   }
 }
 
@@ -202,17 +143,16 @@ __device__ __forceinline__ void store_chunk(T* dst_row, int c8, const T* src, in
 
 template <typename T, int kD>
 __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Params p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if FASTXF_SM80_CODE
   using Tr = Traits<kD>;
   constexpr int kBM = Tr::kBlockM, kBN = Tr::kBlockN, kNT = Tr::kThreads, kChunks = kD / 8;
   const float kNegInf = __int_as_float(0xff800000);  // -inf
   static_assert(kBN <= kNT, "one thread per key counts the valid keys of a tile");
 
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* sQ = reinterpret_cast<T*>(smem_raw);
+  T* sQ = dynamic_shared<T>();
   T* sK = sQ + kBM * kD;     // two stages of kBN x kD
   T* sV = sK + 2 * kBN * kD;  // two stages of kBN x kD
-  __shared__ int s_red[2][Tr::kWarps];
+  FASTXF_SHARED(int[2][Tr::kWarps], s_red);
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   // Heaviest (last, for causal) query tiles first: they start while the grid fills.
@@ -221,7 +161,7 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
   const int m0 = m_block * kBM;
   const int rows = min(kBM, p.q_len - m0);
   const int Sk = p.k_len;
-  const int64_t off = p.q_offset ? static_cast<int64_t>(p.q_offset[b]) : static_cast<int64_t>(Sk) - p.q_len;
+  const int64_t off = p.q_offset ? static_cast<int64_t>(ld_global(p.q_offset + b)) : static_cast<int64_t>(Sk) - p.q_len;
 
   // Key range [lo, hi) any row of this CTA can see.
   const int64_t pos_first = off + m0, pos_last = off + m0 + rows - 1;
@@ -234,25 +174,25 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
     // Narrow to [first valid key, last valid key] of this sequence (left / right padding).
     int first = INT_MAX, last = -1;
     for (int j = lo + tid; j < hi; j += kNT) {
-      if (mask_row()[j]) {
+      if (ld_global(mask_row() + j)) {
         first = min(first, j);
         last = max(last, j);
       }
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
-      first = min(first, __shfl_xor_sync(0xffffffffu, first, o));
-      last = max(last, __shfl_xor_sync(0xffffffffu, last, o));
+      first = min(first, shfl_xor_sync(0xffffffffu, first, o));
+      last = max(last, shfl_xor_sync(0xffffffffu, last, o));
     }
     if (lane == 0) {
-      s_red[0][warp] = first;
-      s_red[1][warp] = last;
+      st_shared(&s_red[0][warp], first);
+      st_shared(&s_red[1][warp], last);
     }
-    __syncthreads();
+    sync_threads();
 #pragma unroll
     for (int w = 0; w < Tr::kWarps; ++w) {
-      first = min(first, s_red[0][w]);
-      last = max(last, s_red[1][w]);
+      first = min(first, ld_shared(&s_red[0][w]));
+      last = max(last, ld_shared(&s_red[1][w]));
     }
     lo = max(lo, first);
     hi = min(hi, last + 1);
@@ -327,7 +267,7 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
   }
   uint32_t q_frag[Tr::kQInRegs ? kD / 16 : 1][4];
 
-  const uint32_t sQ_addr = smem_addr(sQ), sK_addr = smem_addr(sK), sV_addr = smem_addr(sV);
+  const uint32_t sQ_addr = cvta_to_shared(sQ), sK_addr = cvta_to_shared(sK), sV_addr = cvta_to_shared(sV);
   // ldmatrix lane offsets (see the fragment notes at the top of the file):
   // Q (A operand): lanes 0-15 rows 0-15 at chunk 2ks, lanes 16-31 the same rows at chunk 2ks+1.
   const LaneOffsets<kD> q_off(lane & 15, lane >> 4);
@@ -345,19 +285,23 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
 
   for (int it = 0; it < n_tiles; ++it) {
     const int n_block = n_begin + it, j0 = n_block * kBN, stage = it & 1;
+#if FASTXF_PLANT_BUG == 4
+    cp_async_wait<2>();
+#else
     cp_async_wait<1>();  // all groups but the newest done: Q and this tile have landed
+#endif
 
     bool need_mask = j0 < full_lo || j0 + kBN > full_hi;
     bool skip = false;
     if (has_mask) {
       // Doubles as the barrier after the wait: count this tile's valid keys.
       int valid = 0;
-      if (tid < kBN && j0 + tid < Sk) valid = mask_row()[j0 + tid] ? 1 : 0;
-      const int count = __syncthreads_count(valid);
+      if (tid < kBN && j0 + tid < Sk) valid = ld_global(mask_row() + j0 + tid) ? 1 : 0;
+      const int count = sync_threads_count(valid);
       skip = count == 0;
       need_mask = need_mask || count < min(kBN, Sk - j0);
     } else {
-      __syncthreads();
+      sync_threads();
     }
     if constexpr (Tr::kQInRegs) {
       if (it == 0) {
@@ -395,8 +339,13 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
           ldmatrix_x4(b0, b1, b2, b3, sKs + 2u * np * 16 * kD + k_off.at(ks));
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
-            Mma<T>::run(acc_s[mt][2 * np], a[mt], b0, b1);
-            Mma<T>::run(acc_s[mt][2 * np + 1], a[mt], b2, b3);
+#if FASTXF_PLANT_BUG == 3
+            mma_m16n8k16<T>(acc_s[mt][2 * np], a[mt], b0, b2);
+            mma_m16n8k16<T>(acc_s[mt][2 * np + 1], a[mt], b1, b3);
+#else
+            mma_m16n8k16<T>(acc_s[mt][2 * np], a[mt], b0, b1);
+            mma_m16n8k16<T>(acc_s[mt][2 * np + 1], a[mt], b2, b3);
+#endif
           }
         }
       }
@@ -419,8 +368,8 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
           const int key = j0 + n * 8 + 2 * t4;
           bool ok0 = true, ok1 = true;
           if (has_mask) {
-            ok0 = key < Sk && mask_row()[key];
-            ok1 = key + 1 < Sk && mask_row()[key + 1];
+            ok0 = key < Sk && ld_global(mask_row() + key);
+            ok1 = key + 1 < Sk && ld_global(mask_row() + key + 1);
           }
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
@@ -443,18 +392,18 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
           float mx = row_max[mt][i];
 #pragma unroll
           for (int n = 0; n < kBN / 8; ++n) mx = fmaxf(mx, fmaxf(acc_s[mt][n][2 * i], acc_s[mt][n][2 * i + 1]));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          mx = fmaxf(mx, shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, shfl_xor_sync(0xffffffffu, mx, 2));
           // A row that has seen no visible key keeps max -inf; subtract 0 instead so
           // exp2(-inf - m) is 0, never NaN.
           const float m_use = mx == kNegInf ? 0.f : mx;
-          const float alpha = fast_exp2(row_max[mt][i] - m_use);  // 0 while the old max was -inf
+          const float alpha = ex2_approx(row_max[mt][i] - m_use);  // 0 while the old max was -inf
           row_max[mt][i] = mx;
           float sum = 0.f;
 #pragma unroll
           for (int n = 0; n < kBN / 8; ++n) {
-            acc_s[mt][n][2 * i] = fast_exp2(acc_s[mt][n][2 * i] - m_use);
-            acc_s[mt][n][2 * i + 1] = fast_exp2(acc_s[mt][n][2 * i + 1] - m_use);
+            acc_s[mt][n][2 * i] = ex2_approx(acc_s[mt][n][2 * i] - m_use);
+            acc_s[mt][n][2 * i + 1] = ex2_approx(acc_s[mt][n][2 * i + 1] - m_use);
             sum += acc_s[mt][n][2 * i] + acc_s[mt][n][2 * i + 1];
           }
           row_sum[mt][i] = row_sum[mt][i] * alpha + sum;  // per-thread partial; the quad is summed at the end
@@ -473,10 +422,10 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
         uint32_t a[kMT][4];
 #pragma unroll
         for (int mt = 0; mt < kMT; ++mt) {
-          a[mt][0] = Mma<T>::pack(acc_s[mt][2 * ks][0], acc_s[mt][2 * ks][1]);
-          a[mt][1] = Mma<T>::pack(acc_s[mt][2 * ks][2], acc_s[mt][2 * ks][3]);
-          a[mt][2] = Mma<T>::pack(acc_s[mt][2 * ks + 1][0], acc_s[mt][2 * ks + 1][1]);
-          a[mt][3] = Mma<T>::pack(acc_s[mt][2 * ks + 1][2], acc_s[mt][2 * ks + 1][3]);
+          a[mt][0] = pack2<T>(acc_s[mt][2 * ks][0], acc_s[mt][2 * ks][1]);
+          a[mt][1] = pack2<T>(acc_s[mt][2 * ks][2], acc_s[mt][2 * ks][3]);
+          a[mt][2] = pack2<T>(acc_s[mt][2 * ks + 1][0], acc_s[mt][2 * ks + 1][1]);
+          a[mt][3] = pack2<T>(acc_s[mt][2 * ks + 1][2], acc_s[mt][2 * ks + 1][3]);
         }
 #pragma unroll
         for (int dp = 0; dp < kD / 16; ++dp) {
@@ -484,38 +433,40 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
           ldmatrix_x4_trans(b0, b1, b2, b3, sVs + 2u * ks * 16 * kD + v_off.at(dp));
 #pragma unroll
           for (int mt = 0; mt < kMT; ++mt) {
-            Mma<T>::run(acc_o[mt][2 * dp], a[mt], b0, b1);
-            Mma<T>::run(acc_o[mt][2 * dp + 1], a[mt], b2, b3);
+            mma_m16n8k16<T>(acc_o[mt][2 * dp], a[mt], b0, b1);
+            mma_m16n8k16<T>(acc_o[mt][2 * dp + 1], a[mt], b2, b3);
           }
         }
       }
     }
 
-    __syncthreads();  // every warp is done with this stage before it is refilled
+#if FASTXF_PLANT_BUG != 1
+    sync_threads();  // every warp is done with this stage before it is refilled
+#endif
     if (it + 2 < n_tiles) load_kv(n_block + 2, stage);
     cp_async_commit();  // possibly empty: keeps the wait_group<1> count uniform
   }
   cp_async_wait<0>();
 
   // ---- epilogue: O / l -> shared memory (Q's tile) -> 16-byte coalesced stores ----
-  __syncthreads();  // all warps are done reading sQ
+  sync_threads();  // all warps are done reading sQ
 #pragma unroll
   for (int mt = 0; mt < kMT; ++mt) {
 #pragma unroll
     for (int i = 0; i < 2; ++i) {
       float s = row_sum[mt][i];
-      s += __shfl_xor_sync(0xffffffffu, s, 1);
-      s += __shfl_xor_sync(0xffffffffu, s, 2);
+      s += shfl_xor_sync(0xffffffffu, s, 1);
+      s += shfl_xor_sync(0xffffffffu, s, 2);
       const float inv = s > 0.f ? 1.f / s : 0.f;  // no visible key: zeros
       const int r = warp_row0 + mt * 16 + g + 8 * i;
 #pragma unroll
       for (int d = 0; d < kD / 8; ++d) {
-        *reinterpret_cast<uint32_t*>(sQ + swz<kD>(r, d) + 2 * t4) =
-            Mma<T>::pack(acc_o[mt][d][2 * i] * inv, acc_o[mt][d][2 * i + 1] * inv);
+        st_shared(reinterpret_cast<uint32_t*>(sQ + swz<kD>(r, d) + 2 * t4),
+                  pack2<T>(acc_o[mt][d][2 * i] * inv, acc_o[mt][d][2 * i + 1] * inv));
       }
     }
   }
-  __syncthreads();
+  sync_threads();
   for (int idx = tid; idx < rows * kChunks; idx += kNT) {
     const int r = idx / kChunks, c = idx % kChunks;
     if (c * 8 < p.d_out) store_chunk<T>(out_row(r), c * 8, sQ + swz<kD>(r, c), p.d_out, p.out_vec);
@@ -527,14 +478,14 @@ template <typename T, int kD>
 void run_prefill(const Params& p, int batch, int q_heads, cudaStream_t stream) {
   using Tr = Traits<kD>;
   constexpr int smem = Tr::kSmemBytes;
-  auto kernel = prefill_kernel<T, kD>;
+
   // Always opt in: at exactly 48 KiB of dynamic shared memory (D = 64) the small
   // static array would push the block past the default 48 KiB limit. Per device
   // and cheap; not a stream operation, so it is fine during graph capture.
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  FASTXF_CUDA_CHECK(set_max_dynamic_shared_bytes(prefill_kernel<T, kD>, smem));
   const dim3 grid((p.q_len + Tr::kBlockM - 1) / Tr::kBlockM, q_heads, batch);
-  kernel<<<grid, Tr::kThreads, smem, stream>>>(p);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  FASTXF_LAUNCH((prefill_kernel<T, kD>), grid, Tr::kThreads, smem, stream, p);
+  FASTXF_KERNEL_LAUNCH_CHECK();
 }
 
 }  // namespace prefill

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <vector>
 
+#include "emulation.h"
 #include "norm/norm.h"
 
 namespace fastxf {
@@ -121,6 +122,9 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_cpu(const at::Tensor& x, const std
                                                   const std::optional<at::Tensor>& bias, double eps,
                                                   const std::optional<at::Tensor>& residual,
                                                   std::optional<at::ScalarType> out_dtype) {
+  if (emulating_cuda()) {  // fastxf.testing.emulate_cuda(): the CUDA kernels, run by the emulator
+    return emulated_op<decltype(layer_norm_cpu)>("layer_norm").call(x, weight, bias, eps, residual, out_dtype);
+  }
   auto p = make_norm_problem(NormKind::kLayerNorm, x, weight, bias, eps, residual, false, out_dtype);
   run_norm_cpu(p);
   return {p.out_full, p.residual_full};
@@ -129,6 +133,9 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_cpu(const at::Tensor& x, const std
 std::tuple<at::Tensor, at::Tensor> rms_norm_cpu(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                                                 double eps, const std::optional<at::Tensor>& residual,
                                                 bool unit_offset, std::optional<at::ScalarType> out_dtype) {
+  if (emulating_cuda()) {
+    return emulated_op<decltype(rms_norm_cpu)>("rms_norm").call(x, weight, eps, residual, unit_offset, out_dtype);
+  }
   auto p = make_norm_problem(NormKind::kRmsNorm, x, weight, std::nullopt, eps, residual, unit_offset, out_dtype);
   run_norm_cpu(p);
   return {p.out_full, p.residual_full};

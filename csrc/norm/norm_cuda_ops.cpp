@@ -5,16 +5,14 @@
 // CUDA graph capture works). The kernels are in norm_kernels.cuh.
 //
 // Host code lives in a .cpp (compiled by the C++ compiler alone); only the
-// kernels and their launchers go through nvcc.
-#if FASTXF_WITH_CUDA
-
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
-#include <c10/cuda/CUDAStream.h>
-#include <torch/library.h>
+// kernels and their launchers go through nvcc. The CPU emulator (fastxf._emu)
+// compiles this same file with FASTXF_EMULATOR: gpu_host.h then supplies the
+// device properties, stream and registration of the emulated op.
+#if FASTXF_WITH_CUDA || defined(FASTXF_EMULATOR)
 
 #include <limits>
 
+#include "gpu_host.h"
 #include "norm/norm.h"
 #include "norm/norm_cuda.cuh"
 
@@ -135,16 +133,22 @@ void run_norm_cuda(NormProblem& p) {
   prm.layer_norm = p.kind == NormKind::kLayerNorm;
   prm.unit_offset = p.unit_offset;
 
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  gpu::trace_dispatch("norm ", prm.layer_norm ? "layer" : "rms", " x=", x_dtype, " out=", p.out.scalar_type(),
+                      " vec=", cfg.vectorized, " N=", cfg.chunks_per_thread, " G=", cfg.threads_per_row,
+                      " rows_per_block=", cfg.rows_per_block);
+  gpu::KernelBuffers buffers;
+  buffers.add(p.x, "x", false).add(p.residual, "residual", false).add(weight, "weight", false);
+  buffers.add(bias, "bias", false).add(p.out, "out", true).add(p.residual_out, "residual_out", true).commit();
+  const cudaStream_t stream = gpu::current_stream(p.x.get_device());
   norm_cuda::launch(prm, cfg, dtype_code(x_dtype), dtype_code(p.out.scalar_type()), stream);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  FASTXF_KERNEL_LAUNCH_CHECK();
 }
 
 std::tuple<at::Tensor, at::Tensor> layer_norm_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                                                    const std::optional<at::Tensor>& bias, double eps,
                                                    const std::optional<at::Tensor>& residual,
                                                    std::optional<at::ScalarType> out_dtype) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const gpu::DeviceGuard guard(x.device());
   auto p = make_norm_problem(NormKind::kLayerNorm, x, weight, bias, eps, residual, false, out_dtype);
   run_norm_cuda(p);
   return {p.out_full, p.residual_full};
@@ -153,7 +157,7 @@ std::tuple<at::Tensor, at::Tensor> layer_norm_cuda(const at::Tensor& x, const st
 std::tuple<at::Tensor, at::Tensor> rms_norm_cuda(const at::Tensor& x, const std::optional<at::Tensor>& weight,
                                                  double eps, const std::optional<at::Tensor>& residual,
                                                  bool unit_offset, std::optional<at::ScalarType> out_dtype) {
-  const c10::cuda::CUDAGuard guard(x.device());
+  const gpu::DeviceGuard guard(x.device());
   auto p = make_norm_problem(NormKind::kRmsNorm, x, weight, std::nullopt, eps, residual, unit_offset, out_dtype);
   run_norm_cuda(p);
   return {p.out_full, p.residual_full};
@@ -161,11 +165,11 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_cuda(const at::Tensor& x, const std:
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastxf, CUDA, m) {
+FASTXF_GPU_LIBRARY_IMPL(m) {
   m.impl("layer_norm", &layer_norm_cuda);
   m.impl("rms_norm", &rms_norm_cuda);
 }
 
 }  // namespace fastxf
 
-#endif  // FASTXF_WITH_CUDA
+#endif  // FASTXF_WITH_CUDA || FASTXF_EMULATOR

@@ -5,6 +5,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "cuda/primitives.cuh"
 #include "norm/norm_cuda.cuh"
 
 namespace fastxf {
@@ -33,20 +34,24 @@ struct alignas(sizeof(T) * VEC) Pack {
 
 template <typename T, int VEC>
 __device__ __forceinline__ Pack<T, VEC> load_pack(const T* p) {
-  return *reinterpret_cast<const Pack<T, VEC>*>(p);
+  return ld_global(reinterpret_cast<const Pack<T, VEC>*>(p));
 }
 
 template <typename T, int VEC>
 __device__ __forceinline__ void store_pack(T* p, const Pack<T, VEC>& v) {
-  *reinterpret_cast<Pack<T, VEC>*>(p) = v;
+  st_global(reinterpret_cast<Pack<T, VEC>*>(p), v);
 }
 
 // An empty asm that claims to modify the packed row: it stops the compiler from
 // keeping the fp32 conversions of the whole row alive from one phase (sum,
 // squared deviations, output) to the next, which would double the registers a
 // row costs and spill. Converting again is a few cheap ALU ops per element.
+// (A register-allocation hint only: nothing to do in the emulator.)
 template <typename T, int VEC>
 __device__ __forceinline__ void refresh(Pack<T, VEC>& p) {
+#if defined(FASTXF_EMULATOR)
+  (void)p;
+#else
   if constexpr (sizeof(Pack<T, VEC>) % 4 == 0) {
     uint32_t* w = reinterpret_cast<uint32_t*>(&p);
 #pragma unroll
@@ -55,6 +60,7 @@ __device__ __forceinline__ void refresh(Pack<T, VEC>& p) {
     unsigned short* h = reinterpret_cast<unsigned short*>(&p);
     asm volatile("" : "+h"(h[0]));
   }
+#endif
 }
 
 // Reads VEC weight (or bias) values as fp32; the dtype is a runtime flag (it is
@@ -80,15 +86,13 @@ __device__ __forceinline__ void load_param(const void* base, bool is_f32, int64_
 // block). `scratch` holds 32 floats and is used once per call site.
 __device__ __forceinline__ float group_sum(float v, int G, float* scratch) {
   const int width = G < 32 ? G : 32;
-  for (int o = width >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  for (int o = width >> 1; o > 0; o >>= 1) v += shfl_xor_sync(0xffffffffu, v, o);
   if (G <= 32) return v;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  float s = lane < (G >> 5) ? scratch[lane] : 0.f;
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  return s;
+  if (lane == 0) st_shared(&scratch[warp], v);
+  sync_threads();
+  const float s = lane < (G >> 5) ? ld_shared(&scratch[lane]) : 0.f;
+  return warp_reduce_sum(s);
 }
 
 // Applies the normalisation to VEC values and writes them as O.
@@ -135,8 +139,8 @@ __device__ __forceinline__ Pack<T, VEC> load_input(const T* x_row, const T* res_
 // plus as many for the residual batch) or N <= 16 scalar chunks fit.
 template <typename T, typename O, int VEC, int N>
 __global__ void __launch_bounds__(1024) norm_rows_kernel(NormParams p) {
-  __shared__ float scratch_mean[32];
-  __shared__ float scratch_var[32];
+  FASTXF_SHARED_ARRAY(float, scratch_mean, 32);
+  FASTXF_SHARED_ARRAY(float, scratch_var, 32);
   const int G = blockDim.x;
   const int t = threadIdx.x;
   const int64_t row = static_cast<int64_t>(blockIdx.x) * blockDim.y + threadIdx.y;
@@ -246,7 +250,7 @@ __device__ __forceinline__ Stats merge(Stats a, Stats b) {
 // One block (blockDim.x threads, a multiple of 32) per row.
 template <typename T, typename O, int VEC>
 __global__ void __launch_bounds__(512) norm_large_kernel(NormParams p) {
-  __shared__ Stats scratch[32];
+  FASTXF_SHARED_ARRAY(Stats, scratch, 32);
   const int t = threadIdx.x;
   const int G = blockDim.x;
   const int64_t row = blockIdx.x;
@@ -279,25 +283,25 @@ __global__ void __launch_bounds__(512) norm_large_kernel(NormParams p) {
   // statistics), then broadcast through shared memory.
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) {
-    const Stats other{__shfl_down_sync(0xffffffffu, st.n, o), __shfl_down_sync(0xffffffffu, st.mean, o),
-                      __shfl_down_sync(0xffffffffu, st.m2, o)};
+    const Stats other{shfl_down_sync(0xffffffffu, st.n, o), shfl_down_sync(0xffffffffu, st.mean, o),
+                      shfl_down_sync(0xffffffffu, st.m2, o)};
     st = merge(st, other);
   }
-  if ((t & 31) == 0) scratch[t >> 5] = st;
-  __syncthreads();
+  if ((t & 31) == 0) st_shared(&scratch[t >> 5], st);
+  sync_threads();
   if (t < 32) {
-    st = t < (G >> 5) ? scratch[t] : Stats{0.f, 0.f, 0.f};
+    st = t < (G >> 5) ? ld_shared(&scratch[t]) : Stats{0.f, 0.f, 0.f};
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) {
-      const Stats other{__shfl_down_sync(0xffffffffu, st.n, o), __shfl_down_sync(0xffffffffu, st.mean, o),
-                        __shfl_down_sync(0xffffffffu, st.m2, o)};
+      const Stats other{shfl_down_sync(0xffffffffu, st.n, o), shfl_down_sync(0xffffffffu, st.mean, o),
+                        shfl_down_sync(0xffffffffu, st.m2, o)};
       st = merge(st, other);
     }
   }
-  __syncthreads();  // everyone has read scratch before thread 0 overwrites it
-  if (t == 0) scratch[0] = st;
-  __syncthreads();
-  st = scratch[0];
+  sync_threads();  // everyone has read scratch before thread 0 overwrites it
+  if (t == 0) st_shared(&scratch[0], st);
+  sync_threads();
+  st = ld_shared(&scratch[0]);
   const float mean = p.layer_norm ? st.mean : 0.f;
   const float rstd = 1.f / sqrtf(st.m2 / static_cast<float>(p.hidden) + p.eps);
 
@@ -318,23 +322,23 @@ __global__ void __launch_bounds__(512) norm_large_kernel(NormParams p) {
 template <typename T, typename O, int VEC>
 void launch_with_vec(const NormParams& p, const LaunchConfig& cfg, cudaStream_t stream) {
   if (cfg.chunks_per_thread == 0) {
-    norm_large_kernel<T, O, VEC><<<static_cast<unsigned>(p.rows), cfg.threads_per_row, 0, stream>>>(p);
+    FASTXF_LAUNCH((norm_large_kernel<T, O, VEC>), static_cast<unsigned>(p.rows), cfg.threads_per_row, 0, stream, p);
     return;
   }
   const dim3 block(cfg.threads_per_row, cfg.rows_per_block);
   const unsigned grid = static_cast<unsigned>((p.rows + cfg.rows_per_block - 1) / cfg.rows_per_block);
   switch (cfg.chunks_per_thread) {
-    case 1: norm_rows_kernel<T, O, VEC, 1><<<grid, block, 0, stream>>>(p); break;
-    case 2: norm_rows_kernel<T, O, VEC, 2><<<grid, block, 0, stream>>>(p); break;
-    case 4: norm_rows_kernel<T, O, VEC, 4><<<grid, block, 0, stream>>>(p); break;
+    case 1: FASTXF_LAUNCH((norm_rows_kernel<T, O, VEC, 1>), grid, block, 0, stream, p); break;
+    case 2: FASTXF_LAUNCH((norm_rows_kernel<T, O, VEC, 2>), grid, block, 0, stream, p); break;
+    case 4: FASTXF_LAUNCH((norm_rows_kernel<T, O, VEC, 4>), grid, block, 0, stream, p); break;
     default:
       // Only the scalar variant holds 8 or 16 one-element chunks per thread:
       // 8 chunks of 16 bytes would not fit in the 64 registers a 1024-thread
       // block allows (ptxas spills). (A 512-thread N = 8 variant measured on an
       // H200 was slower than N = 4 with more threads for most shapes.)
       if constexpr (VEC == 1) {
-        if (cfg.chunks_per_thread == 8) norm_rows_kernel<T, O, 1, 8><<<grid, block, 0, stream>>>(p);
-        if (cfg.chunks_per_thread == 16) norm_rows_kernel<T, O, 1, 16><<<grid, block, 0, stream>>>(p);
+        if (cfg.chunks_per_thread == 8) FASTXF_LAUNCH((norm_rows_kernel<T, O, 1, 8>), grid, block, 0, stream, p);
+        if (cfg.chunks_per_thread == 16) FASTXF_LAUNCH((norm_rows_kernel<T, O, 1, 16>), grid, block, 0, stream, p);
       }
       break;
   }

@@ -2,8 +2,10 @@
 rewriting of Hugging Face models onto them."""
 
 from ._extension import build_info, cuda_kernels_built
-from . import ops
+from . import ops, testing
 from .placement import plan_placement
+
+testing._apply_env()  # FASTXF_EMULATE_CUDA=1
 
 
 def optimize(model, **options):
