@@ -362,6 +362,31 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
           }
         }
       }
+      if (p.alibi) {
+        // ALiBi bias -slope |pos - key| after scale / softcap, times log2(e) like
+        // the scores (the softmax runs in base 2). Element (mt, n, e) is row
+        // g + 16 mt + 8 (e / 2) of the warp, key j0 + 8 n + 2 t4 + e % 2; its
+        // distance is `rel` plus a compile-time constant once unrolled. The
+        // slope and the query offset are re-read here (after the barrier above,
+        // so the compiler cannot reuse `off`) rather than kept live through the
+        // key loop: the d128 / d256 instantiations sit at 255 registers.
+        const int64_t off_a = p.q_offset ? static_cast<int64_t>(ld_global(p.q_offset + blockIdx.z))
+                                         : static_cast<int64_t>(Sk) - p.q_len;
+        const float slope_log2 =
+            -1.4426950408889634f * ld_global(p.alibi + static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y);
+        const float rel = static_cast<float>(off_a + m0 + warp_row0 + g - (j0 + 2 * t4));
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+          for (int n = 0; n < kBN / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float d = rel + static_cast<float>(16 * mt + 8 * (e >> 1) - 8 * n - (e & 1));
+              acc_s[mt][n][e] += slope_log2 * fabsf(d);
+            }
+          }
+        }
+      }
       if (need_mask) {
 #pragma unroll
         for (int n = 0; n < kBN / 8; ++n) {
