@@ -87,7 +87,7 @@ def test_prefill_alibi_combined(emulated, dtype):
 @pytest.mark.parametrize("D", DECODE_HEAD_DIMS)
 def test_decode_alibi_instantiations(emulated, dtype, D):
     # k_len 200: one split, direct writes; 600: split-KV + merge. GQA rows mix heads and positions.
-    check(*qkv(1, 8, 2, 2, 200, D, dtype), causal=True, alibi_slopes=alibi_slopes(8))
+    check(*qkv(1, 8, 2, 3, 200, D, dtype), causal=True, alibi_slopes=alibi_slopes(8))
     check(*qkv(1, 4, 4, 1, 600, D, dtype), alibi_slopes=steep_slopes(1, 4), key_padding_mask=padding_mask(1, 600))
     lines = dispatch_log()
     assert any(f"D={D} splits=1 " in line for line in lines), lines
