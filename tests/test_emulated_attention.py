@@ -135,6 +135,52 @@ def test_decode_forced_splits(emulated, monkeypatch, splits):
     assert all(f"splits={splits} " in line for line in dispatch_log())
 
 
+# ------------------------------------------------ the GPU matrix, smaller ----
+# tests/test_attention_prefill_cuda.py / test_attention_decode_cuda.py at sizes
+# the emulator runs in seconds.
+PREFILL_SHAPES = [  # (B, Hq, Hkv, Sq, Sk, causal)
+    (2, 4, 4, 97, 97, False),
+    (2, 4, 4, 97, 97, True),
+    (1, 2, 2, 17, 1025, True),
+    (1, 2, 2, 130, 65, True),
+    (1, 2, 1, 300, 300, True),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("D", PREFILL_HEAD_DIMS)
+def test_prefill_gpu_shapes(emulated, dtype, D):
+    for B, Hq, Hkv, Sq, Sk, causal in PREFILL_SHAPES:
+        check(*qkv(B, Hq, Hkv, Sq, Sk, D, dtype), causal=causal)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("q_len", [1, 16])
+@pytest.mark.parametrize("heads", [(8, 8), (32, 8), (16, 1)], ids=["mha", "gqa", "mqa"])
+def test_decode_gpu_shapes(emulated, dtype, q_len, heads):
+    for batch, k_len in ((1, 1), (3, 97), (1, 1025)):
+        q, k, v = qkv(batch, heads[0], heads[1], q_len, k_len, 128, dtype)
+        check(q, k, v, causal=q_len > 1)
+        if q_len > 1 and k_len >= q_len:
+            check(q, k, v)
+    assert all(line.startswith("decode") for line in dispatch_log())
+
+
+@pytest.mark.parametrize("splits", [1, 2, 13, 128])
+@pytest.mark.parametrize("k_len", [97, 1025])
+def test_decode_gpu_forced_splits(emulated, monkeypatch, splits, k_len):
+    monkeypatch.setenv("FASTXF_DECODE_SPLITS", str(splits))
+    q, k, v = qkv(4, 16, 4, 4, k_len, 128, torch.bfloat16)
+    mask = torch.ones(4, k_len, dtype=torch.bool)
+    mask[0, : k_len // 2] = False
+    mask[1, k_len // 3 :] = False
+    mask[2, 1::2] = False
+    mask[3] = False
+    out = check(q, k, v, causal=True, key_padding_mask=mask)
+    assert (out[3] == 0).all()
+    check(q, k, v, causal=True, window=70, q_offset=torch.tensor([k_len - 1, 50, 3, k_len // 2]))
+
+
 # -------------------------------------------------------------- coverage ----
 def test_every_variant_dispatched(emulated):
     dispatch_log()
@@ -198,10 +244,10 @@ def test_env_switch_process_wide():
 def test_missing_emulator_is_a_clear_error(monkeypatch):
     import fastxf.testing as testing
 
-    def no_module(name):
-        raise ImportError(f"No module named {name!r}")
+    def no_module():
+        raise ImportError("No module named 'fastxf._emu'")
 
-    monkeypatch.setattr(testing.importlib, "import_module", no_module)
+    monkeypatch.setattr(testing, "_import_emu", no_module)
     with pytest.raises(RuntimeError, match="FASTXF_EMULATOR=ON"):
         with testing.emulate_cuda():
             pass

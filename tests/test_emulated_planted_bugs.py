@@ -5,7 +5,7 @@ FASTXF_PLANT_BUG=n (hooks in prefill_kernel.cuh, compiled out everywhere
 else); fastxf_emu::planted_prefill runs one of them (fp16, head dim 64):
   0: no bug (the harness itself is right),
   1: a dropped __syncthreads before a K/V stage is refilled -> race / early access reported,
-  2: an off-by-one in the tile's row bound -> out-of-bounds read of k reported,
+  2: an off-by-one in the tile's row bound -> out-of-bounds read of q / k reported,
   3: two K fragment registers swapped -> wrong output (the accuracy check),
   4: a tile read before the cp.async wait that lands it -> reported.
 """
@@ -45,7 +45,7 @@ def test_dropped_barrier_is_reported():
 
 
 def test_off_by_one_tail_is_out_of_bounds():
-    with pytest.raises(RuntimeError, match="out-of-bounds global .*'k'"):
+    with pytest.raises(RuntimeError, match="out-of-bounds global read .* buffer '[qk]'"):
         run(2)
 
 

@@ -266,3 +266,28 @@ def test_grid_and_block_coordinates(grid, block):
     out = ops.block_sum(x, list(grid), list(block))
     expected = x.sum(1, keepdim=True) + torch.arange(nt)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("blocks,threads", [(1, 1), (7, 96), (40, 65)])
+def test_atomics_and_counting_barriers(blocks, threads):
+    counter, fsum, out = ops.atomics_probe(blocks, threads)
+    assert int(counter) == blocks * threads  # global atomics, blocks on several OS threads
+    assert float(fsum) == 0.5 * blocks * threads
+    for b in range(blocks):
+        keys = [(b * 37 + t * 11) % 1000 for t in range(threads)]
+        expected = [min(keys), max(keys), threads, len(range(0, threads, 3)), 1, int(threads > 5)]
+        assert out[b].tolist() == expected, (b, out[b].tolist(), expected)
+
+
+def test_warp_exchange_needs_syncwarp():
+    out = ops.warp_exchange(True)
+    torch.testing.assert_close(out, (torch.arange(64) ^ 1).float(), rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match=r"shared-memory race: write of shared byte \d+ \('s' \+ 4\), which thread \(0, 0, 0\) read"):
+        ops.warp_exchange(False)
+
+
+def test_full_mask_shuffle_in_a_partial_warp_is_reported():
+    # 48 threads: warp 1 has 16 lanes, so a 0xffffffff shuffle there names lanes that do not exist.
+    with pytest.raises(RuntimeError, match=r"(?s)__shfl_xor_sync with mask 0xffffffff names lanes that have exited or do "
+                       r"not exist.*0xffff0000.*block_sum_kernel.*warp 1"):
+        ops.block_sum(torch.randn(1, 10), [1, 1, 1], [48, 1, 1])

@@ -503,13 +503,13 @@ template <typename T, int kD>
 void run_prefill(const Params& p, int batch, int q_heads, cudaStream_t stream) {
   using Tr = Traits<kD>;
   constexpr int smem = Tr::kSmemBytes;
-  auto kernel = prefill_kernel<T, kD>;
+
   // Always opt in: at exactly 48 KiB of dynamic shared memory (D = 64) the small
   // static array would push the block past the default 48 KiB limit. Per device
   // and cheap; not a stream operation, so it is fine during graph capture.
-  FASTXF_CUDA_CHECK(set_max_dynamic_shared_bytes(kernel, smem));
+  FASTXF_CUDA_CHECK(set_max_dynamic_shared_bytes(prefill_kernel<T, kD>, smem));
   const dim3 grid((p.q_len + Tr::kBlockM - 1) / Tr::kBlockM, q_heads, batch);
-  FASTXF_LAUNCH(kernel, grid, Tr::kThreads, smem, stream, p);
+  FASTXF_LAUNCH((prefill_kernel<T, kD>), grid, Tr::kThreads, smem, stream, p);
   FASTXF_KERNEL_LAUNCH_CHECK();
 }
 

@@ -244,7 +244,7 @@ inline T ld_global(const T* p FASTXF_LOC_PARAMS) {
   return emu::load_bytes<T>(p);
 }
 template <typename T>
-inline void st_global(T* p, typename detail::identity<T>::type v FASTXF_LOC_PARAMS) {
+inline void st_global(T* p, const typename detail::identity<T>::type& v FASTXF_LOC_PARAMS) {
   emu::access(p, sizeof(T), alignof(T), emu::Space::kGlobal, emu::Op::kWrite, FASTXF_LOC);
   emu::store_bytes<T>(p, v);
 }
@@ -254,7 +254,7 @@ inline T ld_shared(const T* p FASTXF_LOC_PARAMS) {
   return emu::load_bytes<T>(p);
 }
 template <typename T>
-inline void st_shared(T* p, typename detail::identity<T>::type v FASTXF_LOC_PARAMS) {
+inline void st_shared(T* p, const typename detail::identity<T>::type& v FASTXF_LOC_PARAMS) {
   emu::access(p, sizeof(T), alignof(T), emu::Space::kShared, emu::Op::kWrite, FASTXF_LOC);
   emu::store_bytes<T>(p, v);
 }
@@ -264,10 +264,12 @@ inline T ld(const T* p FASTXF_LOC_PARAMS) {
   return emu::load_bytes<T>(p);
 }
 template <typename T>
-inline void st(T* p, typename detail::identity<T>::type v FASTXF_LOC_PARAMS) {
+inline void st(T* p, const typename detail::identity<T>::type& v FASTXF_LOC_PARAMS) {
   emu::access(p, sizeof(T), alignof(T), emu::Space::kGeneric, emu::Op::kWrite, FASTXF_LOC);
   emu::store_bytes<T>(p, v);
 }
+
+// (Stores take the value by reference here: Pack<float, 8> is 32-byte aligned.)
 
 // The fibers of one CTA share one OS thread, and CTAs running in parallel on
 // several OS threads only share global memory: plain read-modify-write is

@@ -233,6 +233,11 @@ std::string deadlock_report(Executor& ex) {
 
 }  // namespace
 
+[[noreturn]] void outside_kernel() {
+  TORCH_CHECK(false, "fastxf emulator: a device primitive (memory access, barrier, warp collective, shared memory) "
+                     "was called outside an emulated kernel");
+}
+
 std::string where(int tid) {
   Executor& ex = exec();
   const Fiber& f = ex.fibers[tid];

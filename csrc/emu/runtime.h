@@ -177,7 +177,14 @@ struct Executor {
 
 extern thread_local Executor* t_exec;
 
-inline Executor& exec() { return *t_exec; }
+[[noreturn]] void outside_kernel();
+// The executor of the running kernel thread (an error outside a launch, e.g. a
+// device helper called from host code).
+inline Executor& exec() {
+  Executor* e = t_exec;
+  if (__builtin_expect(e == nullptr || e->current == nullptr, 0)) outside_kernel();
+  return *e;
+}
 
 // Describes thread `tid` of the running CTA: "block (x, y, z), thread (x, y, z) (warp w, lane l)".
 std::string where(int tid);

@@ -451,11 +451,75 @@ at::Tensor block_sum(const at::Tensor& in, std::vector<int64_t> grid, std::vecto
   TORCH_CHECK(in.scalar_type() == at::kFloat && in.dim() == 2 && in.is_contiguous(), "block_sum: in must be (blocks, n) float32");
   const int64_t nb = grid[0] * grid[1] * grid[2], nt = block[0] * block[1] * block[2];
   TORCH_CHECK(in.size(0) == nb, "block_sum: in must have one row per block");
-  TORCH_CHECK(nt % 32 == 0, "block_sum: threads per block must be a multiple of 32");
   at::Tensor out = at::zeros({nb, nt}, in.options());
   auto g1 = buffer(in, "in", false), g2 = buffer(out, "out", true);
   FASTXF_LAUNCH(block_sum_kernel, dim3(grid[0], grid[1], grid[2]), dim3(block[0], block[1], block[2]), 0, nullptr,
                 in.data_ptr<float>(), out.data_ptr<float>(), static_cast<int>(in.size(1)));
+  return out;
+}
+
+// Shared and global atomics and the counting barriers, over many blocks (which
+// run on several OS threads: the global atomics must be real ones).
+// out[block] = {min, max, count of the shared atomics, __syncthreads_count,
+// _and, _or}; counter / fsum: global atomic sums over every thread.
+__global__ void atomics_kernel(int* counter, float* fsum, int* out) {
+  FASTXF_SHARED(int, s_min);
+  FASTXF_SHARED(int, s_max);
+  FASTXF_SHARED(int, s_cnt);
+  const int tid = threadIdx.x;
+  if (tid == 0) {
+    st_shared(&s_min, 1 << 30);
+    st_shared(&s_max, -(1 << 30));
+    st_shared(&s_cnt, 0);
+  }
+  sync_threads();
+  const int key = static_cast<int>((blockIdx.x * 37u + tid * 11u) % 1000u);
+  atomic_min(&s_min, key);
+  atomic_max(&s_max, key);
+  atomic_add(&s_cnt, 1);
+  atomic_add(counter, 1);
+  atomic_add(fsum, 0.5f);
+  const int c = sync_threads_count(tid % 3 == 0);
+  const int a = sync_threads_and(tid < 1000);
+  const int o = sync_threads_or(tid == 5);
+  if (tid == 0) {
+    int* row = out + 6 * blockIdx.x;
+    st_global(row, ld_shared(&s_min));
+    st_global(row + 1, ld_shared(&s_max));
+    st_global(row + 2, ld_shared(&s_cnt));
+    st_global(row + 3, c);
+    st_global(row + 4, a);
+    st_global(row + 5, o);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> atomics_probe(int64_t blocks, int64_t threads) {
+  TORCH_CHECK(blocks >= 1 && threads >= 1 && threads <= 1024, "atomics_probe: 1 <= threads <= 1024, blocks >= 1");
+  at::Tensor counter = at::zeros({1}, at::kInt), fsum = at::zeros({1}, at::kFloat);
+  at::Tensor out = at::zeros({blocks, 6}, at::kInt);
+  auto g1 = buffer(counter, "counter", true), g2 = buffer(fsum, "fsum", true), g3 = buffer(out, "out", true);
+  FASTXF_LAUNCH(atomics_kernel, static_cast<unsigned>(blocks), static_cast<unsigned>(threads), 0, nullptr,
+                counter.data_ptr<int>(), fsum.data_ptr<float>(), out.data_ptr<int>());
+  return {counter, fsum, out};
+}
+
+// Warp-synchronous exchange through shared memory: lane l writes s[l] and reads
+// s[l ^ 1]. Ordered by __syncwarp when `with_syncwarp`; without it the race
+// detector must report it (lanes of a warp are not in lockstep since Volta).
+__global__ void warp_exchange_kernel(float* out, int with_syncwarp) {
+  FASTXF_SHARED(float[64], s);
+  const int tid = threadIdx.x;
+  st_shared(&s[tid], 0.f);
+  sync_threads();
+  st_shared(&s[tid], static_cast<float>(tid));
+  if (with_syncwarp) sync_warp();
+  st_global(out + tid, ld_shared(&s[tid ^ 1]));
+}
+
+at::Tensor warp_exchange(bool with_syncwarp) {
+  at::Tensor out = at::zeros({64}, at::kFloat);
+  auto g = buffer(out, "out", true);
+  FASTXF_LAUNCH(warp_exchange_kernel, 1, 64, 0, nullptr, out.data_ptr<float>(), with_syncwarp ? 1 : 0);
   return out;
 }
 
@@ -470,6 +534,8 @@ TORCH_LIBRARY(fastxf_emu_selftest, m) {
   m.def("cp_async_probe(Tensor src, Tensor src_bytes) -> Tensor", &cp_async_probe);
   m.def("planted_bug(Tensor input, int bug) -> Tensor", &planted_bug);
   m.def("big_smem(int bytes, bool opt_in) -> Tensor", &big_smem);
+  m.def("atomics_probe(int blocks, int threads) -> (Tensor, Tensor, Tensor)", &atomics_probe);
+  m.def("warp_exchange(bool with_syncwarp) -> Tensor", &warp_exchange);
   m.def("block_sum(Tensor input, int[] grid, int[] block) -> Tensor", &block_sum);
 }
 

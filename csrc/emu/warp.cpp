@@ -87,8 +87,8 @@ bool join(Warp& w, int lane, int kind, unsigned mask, const char* file, int line
     fail(-1, file, line, std::string(kind_name(kind)) + " with mask " + hexmask(mask) + " that excludes the calling lane");
   if (mask & w.exited)
     fail(-1, file, line,
-         std::string(kind_name(kind)) + " with mask " + hexmask(mask) + " names lanes that have exited (" +
-             hexmask(mask & w.exited) + ")");
+         std::string(kind_name(kind)) + " with mask " + hexmask(mask) + " names lanes that have exited or do not " +
+             "exist (the block's last warp is partial): " + hexmask(mask & w.exited));
   if (w.arrived == 0) {
     w.kind = kind;
     w.mask = mask;

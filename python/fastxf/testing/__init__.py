@@ -34,9 +34,13 @@ _BUILD_HINT = (
 )
 
 
+def _import_emu():
+    return importlib.import_module("fastxf._emu")
+
+
 def _load_emulator():
     try:
-        return importlib.import_module("fastxf._emu")
+        return _import_emu()
     except ImportError as e:
         raise RuntimeError(f"fastxf.testing.emulate_cuda: this fastxf build has no CUDA emulator ({e}); {_BUILD_HINT}") from e
 
@@ -44,7 +48,7 @@ def _load_emulator():
 def emulator_available() -> bool:
     """Whether fastxf._emu (the CPU emulator of the CUDA kernels) was built."""
     try:
-        importlib.import_module("fastxf._emu")
+        _import_emu()
     except ImportError:
         return False
     return True
