@@ -22,6 +22,8 @@
 // window range bounds the keys a CTA loads; the padding mask trims the split's
 // range to its first..last valid key (left padding, static-cache prefixes) and
 // masks the holes key by key. Rows with no visible key give zeros.
+// ALiBi (p.alibi non-null, a runtime branch): each row adds -slope(its head) *
+// |pos - j| * log2(e) to its base-2 score after scale / softcap.
 #pragma once
 
 #include <cuda_bf16.h>

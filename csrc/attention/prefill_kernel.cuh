@@ -16,6 +16,9 @@
 // it: tiles crossing the causal diagonal or the window edge, the tile holding
 // key k_len - 1, and tiles with masked keys inside (counted per tile with one
 // __syncthreads_count; tiles with no valid key are skipped).
+// ALiBi (p.alibi non-null, a runtime branch: no extra instantiations) adds
+// -slope |pos - key| log2(e) to the base-2 scores after scale / softcap on every
+// visited tile, masked or not; it changes no key range or tile skipping.
 //
 // Fragment layouts used below (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4):
 //   A (16x16, row): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
