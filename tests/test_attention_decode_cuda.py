@@ -24,14 +24,15 @@ def rand(*shape, dtype=torch.bfloat16):
     return torch.randn(*shape, device="cuda", dtype=dtype)
 
 
-def check(q, k, v, *, causal=False, scale=None, key_padding_mask=None, q_offset=None, window=0, softcap=0.0, out=None):
+def check(q, k, v, *, causal=False, scale=None, key_padding_mask=None, q_offset=None, window=0, softcap=0.0,
+          alibi_slopes=None, out=None):
     if out is None:
         out = fastxf.ops.attention(
             q, k, v, causal=causal, scale=scale, key_padding_mask=key_padding_mask, q_offset=q_offset,
-            window=window, softcap=softcap,
+            window=window, softcap=softcap, alibi_slopes=alibi_slopes,
         )
     kw = dict(key_padding_mask=key_padding_mask, q_offset=q_offset, causal=causal, scale=scale, window=window,
-              softcap=softcap)
+              softcap=softcap, alibi_slopes=alibi_slopes)
     ref = reference.attention(q.double(), k.double(), v.double(), **kw)
     low = reference.attention(q, k, v, **kw).double()
     assert out.shape == q.shape and out.dtype == q.dtype
@@ -162,6 +163,37 @@ def test_strided_cache_views(dtype, q_len):
     # a batch slice (batch stride of a bigger buffer) and one head of a bigger cache
     check(q[1:], kbuf[1:, :, :k_len], vbuf[1:, :, :k_len], causal=True)
     check(q[:, :4], kbuf[:, 1:2, :k_len], vbuf[:, 1:2, :k_len], causal=True)
+
+
+def alibi_slopes(batch, heads):
+    """(batch, heads) ALiBi slopes from 2^-8 to 2 per key (BLOOM's range and steeper), varied per sequence."""
+    s = torch.logspace(-8, 1, heads, base=2.0)
+    return (s[None, :] * torch.linspace(0.5, 1.5, batch)[:, None]).to("cuda")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("d", [32, 64, 80, 96, 128, 256])
+@pytest.mark.parametrize("q_len,k_len", [(1, 97), (4, 1025), (3, 5000)])
+def test_alibi(dtype, d, q_len, k_len):
+    # Per-(batch, head) and per-head slopes, GQA; short caches run unsplit, long ones split-KV.
+    q, k, v = qkv(2, 8, 2, q_len, k_len, d=d, dtype=dtype)
+    slopes = alibi_slopes(2, 8)
+    check(q, k, v, causal=True, alibi_slopes=slopes)
+    check(q, k, v, alibi_slopes=slopes[0], q_offset=torch.tensor([k_len // 2, 0], device="cuda"))  # keys on both sides
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("q_len", [1, 4])
+def test_alibi_with_masks_window_softcap(dtype, q_len):
+    batch, s_max = 4, 2048
+    q, k, v = qkv(batch, 32, 8, q_len, s_max, dtype=dtype)
+    lens = torch.tensor([q_len, 700, 2048, 1500], device="cuda")
+    offset = (lens - q_len).to(torch.int32)
+    valid = torch.arange(s_max, device="cuda")[None, :] < lens[:, None]
+    valid[1, :300] = False  # left padding (BLOOM batches)
+    slopes = alibi_slopes(batch, 32)
+    check(q, k, v, causal=True, q_offset=offset, key_padding_mask=valid, alibi_slopes=slopes)
+    check(q, k, v, causal=True, q_offset=offset, window=300, softcap=5.0, alibi_slopes=slopes)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

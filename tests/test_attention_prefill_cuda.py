@@ -142,6 +142,39 @@ def test_strided_views(dtype, head_dim):
     _check(q_odd, k, v, causal=True)
 
 
+def _alibi_slopes(batch, heads):
+    """(batch, heads) ALiBi slopes from 2^-8 to 2 per key (BLOOM's range and steeper), varied per sequence."""
+    s = torch.logspace(-8, 1, heads, base=2.0)
+    return (s[None, :] * torch.linspace(0.5, 1.5, batch)[:, None]).to(DEV)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", HEAD_DIMS + [80])
+@pytest.mark.parametrize("causal", [False, True])
+def test_alibi(dtype, head_dim, causal):
+    # GQA, per-(batch, head) and per-head slopes, chunked prefill and Sq > Sk.
+    slopes = _alibi_slopes(2, 8)
+    _check(*_qkv(2, 8, 2, 200, 200, head_dim, dtype), causal=causal, alibi_slopes=slopes)
+    _check(*_qkv(2, 8, 2, 33, 300, head_dim, dtype), causal=causal, alibi_slopes=slopes[1])
+    _check(*_qkv(2, 8, 8, 130, 65, head_dim, dtype), causal=causal, alibi_slopes=slopes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_alibi_with_masks_offsets_window_softcap(dtype, head_dim):
+    q, k, v = _qkv(3, 4, 2, 90, 400, head_dim, dtype)
+    slopes = _alibi_slopes(3, 4)
+    off = torch.tensor([0, 150, 310], dtype=torch.int32, device=DEV)
+    mask = torch.ones(3, 400, dtype=torch.bool, device=DEV)
+    mask[0, :120] = False  # left padding (BLOOM batches)
+    mask[1, 350:] = False
+    mask[2, ::3] = False
+    _check(q, k, v, causal=True, q_offset=off, key_padding_mask=mask, alibi_slopes=slopes)
+    _check(q, k, v, causal=True, q_offset=torch.tensor(-20, device=DEV), alibi_slopes=slopes)  # empty rows
+    _check(q, k, v, causal=True, window=50, softcap=5.0, q_offset=off, key_padding_mask=mask, alibi_slopes=slopes)
+    _check(q, k, v, window=100, q_offset=off, alibi_slopes=slopes[0])
+
+
 def test_long_sequence():
     _check(*_qkv(1, 2, 1, 2500, 2500, 128, torch.bfloat16), causal=True)
     _check(*_qkv(1, 2, 1, 2500, 2500, 64, torch.float16))

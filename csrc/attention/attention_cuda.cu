@@ -13,7 +13,6 @@ at::Tensor attention_cuda(const at::Tensor& q, const at::Tensor& k, const at::Te
                           const std::optional<at::Tensor>& alibi_slopes) {
   const gpu::DeviceGuard guard(q.device());
   auto p = make_attention_problem(q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap, alibi_slopes);
-  TORCH_CHECK(!p.alibi.defined(), "fastxf.attention: alibi_slopes is not supported by the CUDA kernels yet");
   if (p.out.numel() == 0) return p.out_view;
   if (p.k_len == 0) return p.out_view.zero_();
   if (!decode_attention_cuda(p)) prefill_attention_cuda(p);

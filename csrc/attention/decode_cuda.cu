@@ -165,6 +165,7 @@ void run_decode(const AttentionProblem& p, const DeviceInfo& info, int device) {
   prm.v = p.v.data_ptr();
   prm.mask = p.key_mask.defined() ? reinterpret_cast<const uint8_t*>(p.key_mask.data_ptr<bool>()) : nullptr;
   prm.q_offset = p.q_offset.defined() ? p.q_offset.data_ptr<int32_t>() : nullptr;
+  prm.alibi = p.alibi.defined() ? p.alibi.data_ptr<float>() : nullptr;
   prm.out = p.out.data_ptr();
   prm.q_sb = p.q.stride(0);
   prm.q_sh = p.q.stride(1);
@@ -213,7 +214,7 @@ void run_decode(const AttentionProblem& p, const DeviceInfo& info, int device) {
   }
   gpu::KernelBuffers buffers;
   buffers.add(p.q, "q", false).add(p.k, "k", false).add(p.v, "v", false).add(p.key_mask, "key_padding_mask", false);
-  buffers.add(p.q_offset, "q_offset", false).add(p.out, "out", true).add(ws_o, "ws_o", true);
+  buffers.add(p.q_offset, "q_offset", false).add(p.alibi, "alibi_slopes", false).add(p.out, "out", true).add(ws_o, "ws_o", true);
   buffers.add(ws_lse, "ws_lse", true).commit();
   decode::launch_split_kernel<T, D>(prm, stream);
   if (prm.splits > 1) decode::launch_merge_kernel<T>(prm, D, stream);

@@ -22,6 +22,8 @@
 // window range bounds the keys a CTA loads; the padding mask trims the split's
 // range to its first..last valid key (left padding, static-cache prefixes) and
 // masks the holes key by key. Rows with no visible key give zeros.
+// ALiBi (p.alibi non-null, a runtime branch): each row adds -slope(its head) *
+// |pos - j| * log2(e) to its base-2 score after scale / softcap.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -216,6 +218,21 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
   const bool use_softcap = p.softcap > 0.f;
   const float cap_in = use_softcap ? p.scale / p.softcap : 0.f;  // tanh argument per raw score
   const float cap_out = p.softcap * kLog2e;
+  // ALiBi (p.alibi non-null): rows g and g + 8 add alibi_i * |pos_i - key| to
+  // their log2-domain scores, alibi_i = -slope(head of the row) * log2(e).
+  // Padding rows past p.rows keep 0.
+  float alibi0 = 0.f, alibi1 = 0.f, pos0 = 0.f, pos1 = 0.f;
+  if (p.alibi) {
+    auto row_alibi = [&](int rl, float& slope, float& pos) {
+      const int r = rt * kRowTile + rl;
+      if (r >= p.rows) return;
+      const int h = kvh * p.group + r / p.q_len;
+      slope = -kLog2e * ld_global(p.alibi + static_cast<int64_t>(b) * p.q_heads + h);
+      pos = static_cast<float>(offset + r % p.q_len);
+    };
+    row_alibi(g, alibi0, pos0);
+    row_alibi(g + 8, alibi1, pos1);
+  }
 
   float acc[D / 8][4];
 #pragma unroll
@@ -282,6 +299,7 @@ __global__ void __launch_bounds__(kThreads, 1) split_kernel(const Params p) {
           const int key = key0 + nt * 8 + 2 * t + (e & 1);
           float x = s[nt][e];
           x = use_softcap ? cap_out * tanhf(x * cap_in) : x * scale_log2;
+          if (p.alibi) x += e < 2 ? alibi0 * fabsf(pos0 - static_cast<float>(key)) : alibi1 * fabsf(pos1 - static_cast<float>(key));
           const bool vis = mk[nt][e & 1] && ((e < 2) ? (key >= lo0 && key < hi0) : (key >= lo1 && key < hi1));
           x = vis ? x : kNegInf;
           s[nt][e] = x;

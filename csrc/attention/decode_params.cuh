@@ -47,6 +47,7 @@ struct Params {
   const void* v;            // (B, Hkv, Sk, D) view
   const uint8_t* mask;      // (B, Sk) contiguous bool (1 = attend), or null
   const int32_t* q_offset;  // (B,) key position of query 0, or null (Sk - Sq)
+  const float* alibi;       // (B, Hq) contiguous ALiBi slopes, or null (no ALiBi bias)
   void* out;                // (B, Sq, Hq, D) contiguous, q's dtype
   float* ws_o;              // (splits, B * Hkv * rows, D) normalised partial outputs (splits > 1)
   float* ws_lse;            // (splits, B * Hkv * rows) log2-sum-exp2 of each partial (splits > 1)

@@ -99,6 +99,7 @@ void prefill_attention_cuda(const AttentionProblem& p) {
   prm.out = p.out.data_ptr();
   prm.mask = p.key_mask.defined() ? p.key_mask.data_ptr<bool>() : nullptr;
   prm.q_offset = p.q_offset.defined() ? p.q_offset.data_ptr<int32_t>() : nullptr;
+  prm.alibi = p.alibi.defined() ? p.alibi.data_ptr<float>() : nullptr;
   prm.q_sb = q.stride(0), prm.q_sh = q.stride(1), prm.q_ss = q.stride(2);
   prm.k_sb = k.stride(0), prm.k_sh = k.stride(1), prm.k_ss = k.stride(2);
   prm.v_sb = v.stride(0), prm.v_sh = v.stride(1), prm.v_ss = v.stride(2);
@@ -119,7 +120,7 @@ void prefill_attention_cuda(const AttentionProblem& p) {
 
   gpu::KernelBuffers buffers;
   buffers.add(q, "q", false).add(k, "k", false).add(v, "v", false).add(p.key_mask, "key_padding_mask", false);
-  buffers.add(p.q_offset, "q_offset", false).add(p.out, "out", true).commit();
+  buffers.add(p.q_offset, "q_offset", false).add(p.alibi, "alibi_slopes", false).add(p.out, "out", true).commit();
   const cudaStream_t stream = gpu::current_stream(device);
   FASTXF_PREFILL_DTYPE_SWITCH(dtype, T, [&] {
     FASTXF_PREFILL_HEADDIM_SWITCH(d_load, kD, [&] {

@@ -16,6 +16,9 @@
 // it: tiles crossing the causal diagonal or the window edge, the tile holding
 // key k_len - 1, and tiles with masked keys inside (counted per tile with one
 // __syncthreads_count; tiles with no valid key are skipped).
+// ALiBi (p.alibi non-null, a runtime branch: no extra instantiations) adds
+// -slope |pos - key| log2(e) to the base-2 scores after scale / softcap on every
+// visited tile, masked or not; it changes no key range or tile skipping.
 //
 // Fragment layouts used below (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4):
 //   A (16x16, row): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
@@ -359,6 +362,31 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
           for (int e = 0; e < 4; ++e) {
             const float x = acc_s[mt][n][e];
             acc_s[mt][n][e] = p.use_softcap ? p.softcap_out * tanh_from_exp2(x * p.softcap_in) : x * p.scale_log2;
+          }
+        }
+      }
+      if (p.alibi) {
+        // ALiBi bias -slope |pos - key| after scale / softcap, times log2(e) like
+        // the scores (the softmax runs in base 2). Element (mt, n, e) is row
+        // g + 16 mt + 8 (e / 2) of the warp, key j0 + 8 n + 2 t4 + e % 2; its
+        // distance is `rel` plus a compile-time constant once unrolled. The
+        // slope and the query offset are re-read here (after the barrier above,
+        // so the compiler cannot reuse `off`) rather than kept live through the
+        // key loop: the d128 / d256 instantiations sit at 255 registers.
+        const int64_t off_a = p.q_offset ? static_cast<int64_t>(ld_global(p.q_offset + blockIdx.z))
+                                         : static_cast<int64_t>(Sk) - p.q_len;
+        const float slope_log2 =
+            -1.4426950408889634f * ld_global(p.alibi + static_cast<int64_t>(blockIdx.z) * gridDim.y + blockIdx.y);
+        const float rel = static_cast<float>(off_a + m0 + warp_row0 + g - (j0 + 2 * t4));
+#pragma unroll
+        for (int mt = 0; mt < kMT; ++mt) {
+#pragma unroll
+          for (int n = 0; n < kBN / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const float d = rel + static_cast<float>(16 * mt + 8 * (e >> 1) - 8 * n - (e & 1));
+              acc_s[mt][n][e] += slope_log2 * fabsf(d);
+            }
           }
         }
       }

@@ -21,6 +21,7 @@ struct Params {
   void* out;
   const bool* mask;      // (B, Sk) contiguous, True = attend; nullptr: every key valid
   const int* q_offset;   // (B,) key position of query 0; nullptr: Sk - Sq
+  const float* alibi;    // (B, Hq) contiguous ALiBi slopes; nullptr: no ALiBi bias
   int64_t q_sb, q_sh, q_ss;
   int64_t k_sb, k_sh, k_ss;
   int64_t v_sb, v_sh, v_ss;
