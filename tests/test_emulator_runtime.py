@@ -291,3 +291,26 @@ def test_full_mask_shuffle_in_a_partial_warp_is_reported():
     with pytest.raises(RuntimeError, match=r"(?s)__shfl_xor_sync with mask 0xffffffff names lanes that have exited or do "
                        r"not exist.*0xffff0000.*block_sum_kernel.*warp 1"):
         ops.block_sum(torch.randn(1, 10), [1, 1, 1], [48, 1, 1])
+
+
+def test_failed_launch_leaves_no_state_behind():
+    # Every launch of an OS thread reuses its executor (fiber pool, warp slots,
+    # shared-memory shadow). A launch of 1000 threads that stops on a finding
+    # while its fibers wait in shuffles and at a barrier, then one with 64 KiB of
+    # dynamic shared memory, must not leak into later, smaller launches: the
+    # deadlock report lists only the launch's own threads, and the guard bytes
+    # after a static array count as unallocated again.
+    with pytest.raises(RuntimeError, match=r"names lanes that have exited or do not exist"):
+        ops.block_sum(torch.randn(1, 10), [1, 1, 1], [1000, 1, 1])  # last warp is partial
+    assert (ops.big_smem(64 * 1024, True) == 1.0).all()
+    x = torch.randn(1, 203)
+    torch.testing.assert_close(ops.block_sum(x, [1, 1, 1], [64, 1, 1]), x.sum(1, keepdim=True) + torch.arange(64),
+                               rtol=1e-5, atol=1e-4)
+    ops.planted_bug(torch.randn(72), 0)  # the correct twin runs clean
+    for bug in (3, 6, 12):
+        with pytest.raises(RuntimeError) as info:
+            ops.planted_bug(torch.randn(72), bug)
+        msg = str(info.value)
+        assert re.search(_PLANTED[bug], msg, re.S), msg
+        listed = " ".join(re.findall(r"threads ([0-9, -]+):", msg))  # deadlock reports only
+        assert all(int(t) < 64 for t in re.findall(r"\d+", listed)), msg

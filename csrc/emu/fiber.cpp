@@ -216,7 +216,10 @@ std::string site(const char* file, int line) {
 // Message for a CTA in which no fiber can run although some are not done.
 std::string deadlock_report(Executor& ex) {
   std::map<std::string, std::vector<int>> groups;  // description -> linear thread ids
-  for (const Fiber& f : ex.fibers) {
+  // Only this launch's threads: `fibers` is a pool kept across launches, and
+  // fibers past nthreads still hold the states of an earlier, larger launch.
+  for (int t = 0; t < ex.nthreads; ++t) {
+    const Fiber& f = ex.fibers[t];
     std::string d;
     switch (f.state) {
       case State::kBarrier: d = std::string("wait at ") + barrier_name(f.bar_kind) + " " + site(f.wait_file, f.wait_line); break;
@@ -286,6 +289,8 @@ void Executor::begin_launch(Launch* l) {
   nthreads = static_cast<int>(l->block.x * l->block.y * l->block.z);
   if (stacks_cap < nthreads) {
     if (stacks) munmap(stacks, static_cast<size_t>(stacks_cap) * (kStackBytes + kPage));
+    stacks = nullptr;  // no dangling pool if the mmap below fails
+    stacks_cap = 0;
     const size_t bytes = static_cast<size_t>(nthreads) * (kStackBytes + kPage);
     void* m = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     TORCH_CHECK(m != MAP_FAILED, "fastxf emulator: cannot map ", bytes, " bytes of fiber stacks");
@@ -325,6 +330,12 @@ void Executor::begin_launch(Launch* l) {
   }
   state_template.assign(arena_cap, 0);
   std::fill(state_template.begin(), state_template.begin() + l->dyn_smem, kAlloc);
+  // run_cta refreshes the shadow only up to the end of this launch's
+  // allocations; past it (e.g. the guard after a static array declared during
+  // the first CTA) bytes would keep the kAlloc / kInit / kPending bits of an
+  // earlier launch with another layout, or of one that failed with copies in
+  // flight, and an out-of-bounds access there would go unreported.
+  std::fill(state.begin(), state.end(), uint8_t{0});
 }
 
 void Executor::run_cta(uint64_t linear) {
@@ -389,13 +400,18 @@ extern "C" void fastxf_emu_fiber_main(void* arg) {
   using namespace fastxf::emu::detail;
   Fiber& f = *static_cast<Fiber*>(arg);
   Executor& ex = exec();
+  // fail() never returns to this fiber, so it is called after the handler:
+  // leaving from inside a catch block would skip __cxa_end_catch and leave the
+  // exception on this OS thread's caught-exception stack for later launches.
+  std::string thrown;
   try {
     ex.launch->thunk(ex.launch->ctx);
   } catch (const std::exception& e) {
-    fail(f.tid, "?", 0, std::string("exception thrown by the kernel: ") + e.what());
+    thrown = std::string("exception thrown by the kernel: ") + e.what();
   } catch (...) {
-    fail(f.tid, "?", 0, "unknown exception thrown by the kernel");
+    thrown = "unknown exception thrown by the kernel";
   }
+  if (!thrown.empty()) fail(f.tid, "?", 0, thrown);
   f.state = State::kDone;
   --ex.live;
   ex.warps[f.tid / 32].exited |= 1u << (f.tid % 32);
@@ -558,7 +574,18 @@ void launch_impl(const char* name, const void* kernel, dim3 grid, dim3 block, si
 
   auto run_range = [&](int64_t begin, int64_t end) {
     thread_local Executor executor;
-    Executor* saved = t_exec;
+    // Restores this OS thread's state even when begin_launch throws (out of
+    // memory): a later launch must not find a stale executor or launch here.
+    struct Restore {
+      Executor& ex;
+      Executor* saved;
+      ~Restore() {
+        ex.launch = nullptr;
+        ex.current = nullptr;
+        t_exec = saved;
+        t_coords = nullptr;
+      }
+    } restore{executor, t_exec};
     t_exec = &executor;
     executor.begin_launch(&l);
     for (int64_t b = begin; b < end && !l.abort.load(std::memory_order_relaxed); ++b) {
@@ -570,8 +597,6 @@ void launch_impl(const char* name, const void* kernel, dim3 grid, dim3 block, si
         break;
       }
     }
-    executor.launch = nullptr;
-    t_exec = saved;
   };
   // FASTXF_EMU_THREADS=1 runs the blocks in order on the calling thread
   // (reproducible first finding when several blocks have one).
