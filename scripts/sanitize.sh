@@ -9,7 +9,7 @@ VPY=$PWD/.venv/bin/python
 BUILD=build/sanitize
 export PATH="$PWD/.venv/bin:$PATH"  # the venv's cmake (>= 3.26)
 cmake -S . -B "$BUILD" -G Ninja -DPython_EXECUTABLE="$VPY" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-  -DFASTXF_CUDA=OFF -DFASTXF_SANITIZE="${FASTXF_SANITIZE:-address,undefined}" >/dev/null
+  -DFASTXF_CUDA=OFF -DFASTXF_EMULATOR=OFF -DFASTXF_SANITIZE="${FASTXF_SANITIZE:-address,undefined}" >/dev/null
 cmake --build "$BUILD" -j "${CMAKE_BUILD_PARALLEL_LEVEL:-2}"
 # A private copy of the package with the instrumented module, ahead of the
 # installed fastxf on sys.path.
