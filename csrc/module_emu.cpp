@@ -25,6 +25,7 @@ TORCH_LIBRARY(fastxf_emu, m) {
   m.def(FASTXF_SCHEMA_LAYER_NORM);
   m.def(FASTXF_SCHEMA_RMS_NORM);
   m.def(FASTXF_SCHEMA_ATTENTION);
+  m.def(FASTXF_SCHEMA_ATTENTION_VARLEN);
 }
 
 namespace {

@@ -41,7 +41,5 @@ TORCH_LIBRARY(fastxf, m) {
   // aligned per sequence; window, softcap and scale as in attention. Empty
   // sequences own no rows; queries of a sequence without keys are 0.
   // The output has q's shape (total_q, Hq, D), contiguous: no data-dependent size.
-  m.def(
-      "attention_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, "
-      "int max_seqlen_k, bool causal=False, float? scale=None, int window=0, float softcap=0.0) -> Tensor");
+  m.def(FASTXF_SCHEMA_ATTENTION_VARLEN);
 }

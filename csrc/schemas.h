@@ -15,3 +15,7 @@
 #define FASTXF_SCHEMA_ATTENTION                                                                      \
   "attention(Tensor q, Tensor k, Tensor v, Tensor? key_padding_mask=None, Tensor? q_offset=None, " \
   "bool causal=False, float? scale=None, int window=0, float softcap=0.0, Tensor? alibi_slopes=None) -> Tensor"
+
+#define FASTXF_SCHEMA_ATTENTION_VARLEN                                                                            \
+  "attention_varlen(Tensor q, Tensor k, Tensor v, Tensor cu_seqlens_q, Tensor cu_seqlens_k, int max_seqlen_q, " \
+  "int max_seqlen_k, bool causal=False, float? scale=None, int window=0, float softcap=0.0) -> Tensor"

@@ -33,6 +33,17 @@ def main():
             kw = dict(causal=True, key_padding_mask=mask)
             got = ops.attention(q.to(dev), k.to(dev), v.to(dev), **{**kw, "key_padding_mask": mask.to(dev)})
             close(got, ops.attention(q, k, v, **kw), f"attention {dtype} {(b, hq, hkv, sq, sk, d)}")
+        # Varlen: packed q / k / v views of one qkv buffer, an empty sequence, a
+        # sequence without keys, one longer than a query tile, causal with q_len != k_len.
+        lens_q, lens_k = [5, 0, 130, 3, 1], [9, 2, 130, 0, 1]
+        cu_q = torch.tensor([0, *torch.tensor(lens_q).cumsum(0).tolist()], dtype=torch.int32)
+        cu_k = torch.tensor([0, *torch.tensor(lens_k).cumsum(0).tolist()], dtype=torch.int32)
+        qv = torch.randn(sum(lens_q), 3, 4, 80, dtype=dtype)[:, 0]
+        kv = torch.randn(sum(lens_k), 2, 2, 80, dtype=dtype)
+        args = (cu_q, cu_k, max(lens_q), max(lens_k))
+        dev_args = (cu_q.to(dev), cu_k.to(dev), max(lens_q), max(lens_k))
+        got = ops.attention_varlen(qv.to(dev), kv[:, 0].to(dev), kv[:, 1].to(dev), *dev_args, causal=True)
+        close(got, ops.attention_varlen(qv, kv[:, 0], kv[:, 1], *args, causal=True), f"attention_varlen {dtype}")
     torch.cuda.synchronize()
     print("sanitizer smoke done")
 

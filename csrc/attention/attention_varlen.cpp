@@ -10,9 +10,10 @@
 // the masking, GQA, causal alignment, window and softcap rules are the dense
 // op's, and this op gets faster whenever the dense CPU kernel does.
 //
-// CUDA: not yet (the prefill kernel's varlen variant is scheduled separately);
-// a registered CUDA kernel that says so beats the dispatcher's generic
-// "could not run with the CUDA backend". Replace it when the kernel lands.
+// CUDA: the varlen variant of the prefill kernel (attention_varlen_cuda.cu,
+// one CTA per (query tile, head, sequence), no padding copies). Under
+// fastxf.testing.emulate_cuda() this CPU entry forwards to that CUDA code run by
+// the emulator (fastxf_emu::attention_varlen), before reading any offset.
 #include <ATen/Parallel.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "common.h"
+#include "emulation.h"
 
 namespace fastxf {
 namespace {
@@ -57,6 +59,10 @@ at::Tensor attention_varlen_cpu(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& cu_seqlens_q, const at::Tensor& cu_seqlens_k, int64_t max_seqlen_q,
                                 int64_t max_seqlen_k, bool causal, std::optional<double> scale, int64_t window,
                                 double softcap) {
+  if (emulating_cuda()) {  // fastxf.testing.emulate_cuda(): the CUDA kernel, run by the emulator
+    return emulated_op<decltype(attention_varlen_cpu)>("attention_varlen")
+        .call(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, window, softcap);
+  }
   TORCH_CHECK(q.dim() == 3, kOp, ": q must be 3-D (total_q, q_heads, head_dim), got shape ", q.sizes());
   TORCH_CHECK(k.dim() == 3, kOp, ": k must be 3-D (total_k, kv_heads, head_dim), got shape ", k.sizes());
   TORCH_CHECK(k.sizes() == v.sizes(), kOp, ": k and v must have the same shape, got ", k.sizes(), " and ",
@@ -131,17 +137,8 @@ at::Tensor attention_varlen_cpu(const at::Tensor& q, const at::Tensor& k, const 
   return out;
 }
 
-at::Tensor attention_varlen_cuda_not_yet(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                         const at::Tensor&, int64_t, int64_t, bool, std::optional<double>, int64_t,
-                                         double) {
-  TORCH_CHECK(false, kOp,
-              ": no CUDA kernel yet (the varlen variant of the CUDA prefill kernel is not written). Run it on CPU "
-              "tensors, or use fastxf.ops.attention with a key_padding_mask on a padded batch.");
-}
-
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastxf, CPU, m) { m.impl("attention_varlen", &attention_varlen_cpu); }
-TORCH_LIBRARY_IMPL(fastxf, CUDA, m) { m.impl("attention_varlen", &attention_varlen_cuda_not_yet); }
 
 }  // namespace fastxf

@@ -20,6 +20,19 @@
 // -slope |pos - key| log2(e) to the base-2 scores after scale / softcap on every
 // visited tile, masked or not; it changes no key range or tile skipping.
 //
+// Varlen (kVarlen, fastxf.attention_varlen): the same code, instantiated a
+// second time so that the dense kernel's registers stay exactly as they were.
+// blockIdx.z is the sequence; the CTA reads its [start, end) rows from
+// cu_seqlens_q / cu_seqlens_k, exits when its tile starts past the sequence's
+// queries, and from then on works on the sequence as a dense (1, H, q_len, D)
+// problem with k_len keys (bottom-right causal alignment, no mask / q_offset /
+// ALiBi). Offsets are data the host cannot check without a sync, so they are
+// clamped: start to [0, total], end to [start, total] (total = p.q_len / p.k_len,
+// the packed row counts). Every access then stays inside the packed tensors
+// whatever the offsets; a sequence whose offsets are wrong gets the attention
+// of the clamped row range, and output rows that no sequence's tiles cover
+// (gaps or overlaps between bad offsets, rows past max_seqlen_q) are not written.
+//
 // Fragment layouts used below (PTX ISA, mma.m16n8k16, g = lane / 4, t = lane % 4):
 //   A (16x16, row): a0 = (g, 2t..2t+1), a1 = (g+8, 2t..), a2 = (g, 2t+8..), a3 = (g+8, 2t+8..)
 //   B (16x8, col):  b0 = (k = 2t..2t+1, n = g), b1 = (k = 2t+8.., n = g)
@@ -130,6 +143,15 @@ __device__ __forceinline__ int clamp_pos(int64_t x, int hi) {
   return static_cast<int>(x < 0 ? 0 : (x > hi ? hi : x));
 }
 
+// Varlen: rows [start, start + len) of sequence b, from (possibly bad) offsets
+// clamped so that 0 <= start <= start + len <= total.
+__device__ __forceinline__ void seq_rows(const int* cu, int b, int total, int& start, int& len) {
+  const int s = min(max(ld_global(cu + b), 0), total);
+  const int e = min(max(ld_global(cu + b + 1), s), total);
+  start = s;
+  len = e - s;
+}
+
 // Writes one 16-byte chunk (8 elements from shared memory, or zeros when src is
 // nullptr) to out columns [c8, c8 + 8) clipped to d_out.
 template <typename T>
@@ -144,7 +166,7 @@ __device__ __forceinline__ void store_chunk(T* dst_row, int c8, const T* src, in
 
 // ---------------------------------------------------------------- kernel ----
 
-template <typename T, int kD>
+template <typename T, int kD, bool kVarlen>
 __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Params p) {
 #if FASTXF_SM80_CODE
   using Tr = Traits<kD>;
@@ -162,16 +184,25 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
   const int m_block = gridDim.x - 1 - blockIdx.x;
   const int h = blockIdx.y, b = blockIdx.z, hk = h / p.group;
   const int m0 = m_block * kBM;
-  const int rows = min(kBM, p.q_len - m0);
-  const int Sk = p.k_len;
-  const int64_t off = p.q_offset ? static_cast<int64_t>(ld_global(p.q_offset + b)) : static_cast<int64_t>(Sk) - p.q_len;
+  // This CTA's sequence: dense, all of q / k; varlen, rows [q_start, q_start + q_len)
+  // of q and [k_start, k_start + Sk) of k / v (kVarlen is compile-time: the
+  // dense kernel keeps reading q_len / k_len from the parameters).
+  int q_len = p.q_len, Sk = p.k_len, q_start = 0, k_start = 0;
+  if constexpr (kVarlen) {
+    seq_rows(p.cu_seqlens_q, b, p.q_len, q_start, q_len);
+    seq_rows(p.cu_seqlens_k, b, p.k_len, k_start, Sk);
+    if (m0 >= q_len) return;  // a tile past this sequence's queries (CTA-uniform)
+  }
+  const int rows = min(kBM, q_len - m0);
+  const int64_t off = !kVarlen && p.q_offset ? static_cast<int64_t>(ld_global(p.q_offset + b))
+                                             : static_cast<int64_t>(Sk) - q_len;
 
   // Key range [lo, hi) any row of this CTA can see.
   const int64_t pos_first = off + m0, pos_last = off + m0 + rows - 1;
   int lo = 0, hi = Sk;
   if (p.causal) hi = clamp_pos(pos_last + 1, Sk);
   if (p.window > 0) lo = clamp_pos(pos_first - p.window + 1, Sk);
-  const bool has_mask = p.mask != nullptr;
+  const bool has_mask = !kVarlen && p.mask != nullptr;
   auto mask_row = [&] { return p.mask + static_cast<int64_t>(b) * Sk; };  // valid when has_mask
   if (has_mask && lo < hi) {
     // Narrow to [first valid key, last valid key] of this sequence (left / right padding).
@@ -201,10 +232,17 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
     hi = min(hi, last + 1);
   }
 
-  // Recomputed where used rather than kept live through the key loop.
+  // Recomputed where used rather than kept live through the key loop (varlen:
+  // the sequence's first row is re-read from the offsets).
   auto out_row = [&](int r) {
-    return reinterpret_cast<T*>(p.out) + static_cast<int64_t>(blockIdx.z) * p.o_sb +
-           static_cast<int64_t>(blockIdx.y) * p.o_sh + static_cast<int64_t>(m0 + r) * p.o_ss;
+    int64_t row0 = static_cast<int64_t>(blockIdx.z) * p.o_sb;
+    if constexpr (kVarlen) {
+      int start, len;
+      seq_rows(p.cu_seqlens_q, blockIdx.z, p.q_len, start, len);
+      row0 = static_cast<int64_t>(start) * p.o_ss;
+    }
+    return reinterpret_cast<T*>(p.out) + row0 + static_cast<int64_t>(blockIdx.y) * p.o_sh +
+           static_cast<int64_t>(m0 + r) * p.o_ss;
   };
   if (lo >= hi) {
     // No row of this tile sees any key: exact zeros (CTA-uniform exit).
@@ -215,9 +253,13 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
     return;
   }
 
-  const T* q_head = reinterpret_cast<const T*>(p.q) + static_cast<int64_t>(b) * p.q_sb + static_cast<int64_t>(h) * p.q_sh;
-  const T* k_head = reinterpret_cast<const T*>(p.k) + static_cast<int64_t>(b) * p.k_sb + static_cast<int64_t>(hk) * p.k_sh;
-  const T* v_head = reinterpret_cast<const T*>(p.v) + static_cast<int64_t>(b) * p.v_sb + static_cast<int64_t>(hk) * p.v_sh;
+  // Row 0 of this (sequence, head) in q / k / v.
+  const int64_t q_row0 = kVarlen ? static_cast<int64_t>(q_start) * p.q_ss : static_cast<int64_t>(b) * p.q_sb;
+  const int64_t k_row0 = kVarlen ? static_cast<int64_t>(k_start) * p.k_ss : static_cast<int64_t>(b) * p.k_sb;
+  const int64_t v_row0 = kVarlen ? static_cast<int64_t>(k_start) * p.v_ss : static_cast<int64_t>(b) * p.v_sb;
+  const T* q_head = reinterpret_cast<const T*>(p.q) + q_row0 + static_cast<int64_t>(h) * p.q_sh;
+  const T* k_head = reinterpret_cast<const T*>(p.k) + k_row0 + static_cast<int64_t>(hk) * p.k_sh;
+  const T* v_head = reinterpret_cast<const T*>(p.v) + v_row0 + static_cast<int64_t>(hk) * p.v_sh;
 
   const int n_begin = lo / kBN, n_end = (hi + kBN - 1) / kBN, n_tiles = n_end - n_begin;
   auto load_kv = [&](int n_block, int stage) {
@@ -365,7 +407,7 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
           }
         }
       }
-      if (p.alibi) {
+      if (!kVarlen && p.alibi) {
         // ALiBi bias -slope |pos - key| after scale / softcap, times log2(e) like
         // the scores (the softmax runs in base 2). Element (mt, n, e) is row
         // g + 16 mt + 8 (e / 2) of the warp, key j0 + 8 n + 2 t4 + e % 2; its
@@ -502,18 +544,29 @@ __global__ void __launch_bounds__(Traits<kD>::kThreads) prefill_kernel(const Par
 #endif
 }
 
-template <typename T, int kD>
-void run_prefill(const Params& p, int batch, int q_heads, cudaStream_t stream) {
+template <typename T, int kD, bool kVarlen>
+void launch_prefill(const Params& p, int batch, int q_heads, cudaStream_t stream) {
   using Tr = Traits<kD>;
   constexpr int smem = Tr::kSmemBytes;
 
   // Always opt in: at exactly 48 KiB of dynamic shared memory (D = 64) the small
   // static array would push the block past the default 48 KiB limit. Per device
   // and cheap; not a stream operation, so it is fine during graph capture.
-  FASTXF_CUDA_CHECK(set_max_dynamic_shared_bytes(prefill_kernel<T, kD>, smem));
-  const dim3 grid((p.q_len + Tr::kBlockM - 1) / Tr::kBlockM, q_heads, batch);
-  FASTXF_LAUNCH((prefill_kernel<T, kD>), grid, Tr::kThreads, smem, stream, p);
+  FASTXF_CUDA_CHECK(set_max_dynamic_shared_bytes(prefill_kernel<T, kD, kVarlen>, smem));
+  const int rows = kVarlen ? p.max_seqlen_q : p.q_len;
+  const dim3 grid((rows + Tr::kBlockM - 1) / Tr::kBlockM, q_heads, batch);
+  if (grid.x == 0 || grid.y == 0 || grid.z == 0) return;  // nothing to compute (an empty launch is an error)
+  FASTXF_LAUNCH((prefill_kernel<T, kD, kVarlen>), grid, Tr::kThreads, smem, stream, p);
   FASTXF_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T, int kD>
+void run_prefill(const Params& p, int batch, int q_heads, cudaStream_t stream) {
+  if (p.cu_seqlens_q != nullptr) {
+    launch_prefill<T, kD, true>(p, batch, q_heads, stream);
+  } else {
+    launch_prefill<T, kD, false>(p, batch, q_heads, stream);
+  }
 }
 
 }  // namespace prefill

@@ -14,6 +14,13 @@ namespace prefill {
 // is contiguous, every pointer is 16-byte aligned and every stride is a multiple
 // of 8 elements (the dispatcher makes sure, copying in the rare case it is not),
 // so that rows can be moved in 16-byte cp.async chunks.
+//
+// Varlen mode (fastxf.attention_varlen; cu_seqlens_q non-null, the kernel's
+// kVarlen instantiation): q / k / v / out are packed (total, H, D) with the
+// batch strides unused; sequence b is rows [cu_seqlens_q[b], cu_seqlens_q[b+1])
+// of q / out and [cu_seqlens_k[b], cu_seqlens_k[b+1]) of k / v, q_len / k_len
+// hold total_q / total_k (the bounds every offset is clamped to), and the grid
+// covers max_seqlen_q rows per sequence. mask, q_offset and alibi are unused.
 struct Params {
   const void* q;
   const void* k;
@@ -22,11 +29,14 @@ struct Params {
   const bool* mask;      // (B, Sk) contiguous, True = attend; nullptr: every key valid
   const int* q_offset;   // (B,) key position of query 0; nullptr: Sk - Sq
   const float* alibi;    // (B, Hq) contiguous ALiBi slopes; nullptr: no ALiBi bias
+  const int* cu_seqlens_q;  // varlen: (B + 1,) row offsets of the sequences in q / out; nullptr: dense
+  const int* cu_seqlens_k;  // varlen: (B + 1,) row offsets of the sequences in k / v
+  int max_seqlen_q;         // varlen: query rows covered per sequence (grid.x = ceil(max_seqlen_q / kBlockM))
   int64_t q_sb, q_sh, q_ss;
   int64_t k_sb, k_sh, k_ss;
   int64_t v_sb, v_sh, v_ss;
   int64_t o_sb, o_sh, o_ss;  // out is (B, Sq, Hq, d_out)
-  int q_len, k_len;
+  int q_len, k_len;      // dense: Sq, Sk; varlen: total_q, total_k
   int group;             // q heads per kv head
   int d_load;            // columns of q/k/v that hold data (multiple of 8, <= the instantiated D)
   int d_out;             // columns written to out (<= d_load)
@@ -63,7 +73,9 @@ struct Traits {
 };
 
 // Launches the kernel for element type T (__half or __nv_bfloat16) and head dim
-// kD on `stream`. Defined in prefill_kernel.cuh, instantiated once per .cu file.
+// kD on `stream` (its varlen instantiation when p.cu_seqlens_q is set; `batch`
+// is then the number of sequences). Defined in prefill_kernel.cuh, instantiated
+// once per .cu file.
 template <typename T, int kD>
 void run_prefill(const Params& p, int batch, int q_heads, cudaStream_t stream);
 

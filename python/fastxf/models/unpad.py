@@ -160,8 +160,10 @@ def packed_attention(module, query, key, value, packed: PackedSequences, dropout
 
     reason = fallback_reason
     if reason is None:
-        if query.device.type != "cpu":
+        if query.device.type not in ("cpu", "cuda"):
             reason = f"no varlen kernel for {query.device} yet"
+        elif query.device.type == "cuda" and (query.dtype not in (torch.float16, torch.bfloat16) or query.shape[-1] > 256):
+            reason = f"{query.dtype}, head_dim {query.shape[-1]} on cuda (the CUDA varlen kernel: float16 / bfloat16, head_dim <= 256)"
         else:
             for k, v in kwargs.items():
                 if k in PACKED_KWARGS or k in ("softcap", "sliding_window", "is_causal", "output_attentions"):
@@ -271,8 +273,10 @@ class Unpadder:
             return "not a plain bidirectional padding mask"
         if hidden.dim() != 3 or tuple(hidden.shape[:2]) != tuple(mask.key_padding.shape):
             return "hidden states do not match the padding mask"
-        if hidden.device.type != "cpu":
+        if hidden.device.type not in ("cpu", "cuda"):
             return f"no varlen kernel for {hidden.device} yet"
+        if hidden.device.type == "cuda" and hidden.dtype not in (torch.float16, torch.bfloat16):
+            return f"{hidden.dtype} on cuda (the CUDA varlen kernel takes float16 / bfloat16)"
         if _collecting_outputs():
             return "hidden states or attentions requested"
         return None

@@ -35,14 +35,13 @@ def attention_varlen(
     keys j <= i + nk - nq); `window` / `softcap` / `scale` as in fastxf.ops.attention
     (note: one int window, not flash-attn's (left, right) pair). Empty sequences
     own no rows; queries without a visible key are zeros. On CPU tensors the
-    offsets' values are checked (ValueError); CUDA has no kernel yet.
+    offsets' values are checked (ValueError). On CUDA (float16 / bfloat16,
+    head_dim <= 256) they are not (that would need a host sync): the kernel
+    clamps each sequence's rows to [0, total], so bad offsets never access out of
+    bounds, but give unspecified values for the rows they cover and leave rows no
+    sequence covers (or past max_seqlen_q in a sequence) unwritten.
     """
     check_attention_varlen_args(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, window, softcap)
-    if q.device.type == "cuda":
-        raise NotImplementedError(
-            "fastxf.attention_varlen: no CUDA kernel yet; run it on CPU tensors, or use fastxf.ops.attention "
-            "with a key_padding_mask on the padded batch"
-        )
     _extension.require_kernels_for(q.device, "attention_varlen")
     if q.device.type == "cpu" and not torch.compiler.is_compiling():
         check_cu_seqlens_values(cu_seqlens_q, "cu_seqlens_q", q.shape[0], max_seqlen_q, "max_seqlen_q")
