@@ -17,6 +17,7 @@ import torch
 
 import fastxf
 from fastxf.ops import reference
+from fastxf.ops.attention_varlen import reference_attention_varlen
 
 pytestmark = pytest.mark.cuda
 
@@ -223,8 +224,6 @@ def test_float32_is_a_clear_error():
 # float64 block-diagonal reference (same bar as _check: 2x the error of torch in
 # the kernel's dtype, plus the floor). Mirrors tests/test_emulated_varlen.py at
 # GPU sizes.
-from fastxf.ops.attention_varlen import reference_attention_varlen  # noqa: E402
-
 
 def _cu(lengths):
     return torch.tensor([0] + torch.tensor(lengths).cumsum(0).tolist(), dtype=torch.int32, device=DEV)

@@ -40,7 +40,7 @@ def run(q, k, v, cu_q, cu_k, **kw):
 
 def no_key_rows(cu_q, cu_k, **kw):
     """(total_q,) bool: query rows that see no key (must be exact zeros)."""
-    ones = lambda c: torch.ones(int(c[-1]), 1, 1, dtype=torch.float64)  # noqa: E731
+    ones = lambda c: torch.ones(int(c[-1]), 1, 1, dtype=torch.float64)
     return block_reference(ones(cu_q), ones(cu_k), ones(cu_k), cu_q, cu_k, **kw)[:, 0, 0] == 0
 
 
@@ -142,7 +142,7 @@ def direct(q, k, v, cu_q, cu_k, max_q, max_k, causal=False):
 
 
 def test_bad_offsets_stay_in_bounds(emulated):
-    i32 = lambda *x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+    i32 = lambda *x: torch.tensor(x, dtype=torch.int32)
     q, k, v, cu_q, cu_k = packed([10, 12], [10, 12], 2, 1, 64, torch.float16)
     # Documented: each sequence's rows are clamped to [0, total]; offsets past the
     # end give the attention of the clamped rows (here sequence 1 = rows 10..21).
