@@ -165,7 +165,9 @@ def commands(dry: bool, out: str, work: str, budget_left=None):
         f'  timeout 90 cuda-gdb -q -batch -ex "set pagination off" -ex run -ex bt -ex "info sharedlibrary" --args {py} -c "$code" 2>&1 | grep -vE "^\\[(New|Thread)" | tail -80; '
         f'  echo "--- libraries:"; ldd python/fastxf/_C*.so | grep -E "c\\+\\+|gcc|torch|c10|cudart"; '
         f'  {py} -c "import torch; print(torch.__config__.show())" | head -20; gcc --version | head -1; '
-        "fi; exit $rc"
+        "fi; "
+        # The cause named in a806bc5 (host code compiled by both nvcc and g++): any such function left?
+        f"{py} scripts/odr_check.py {'build/cpu' if dry else 'build/gpu'} || true; exit $rc"
     )
     xdist = ("$(python3 -c 'import xdist' 2>/dev/null && echo -n '-n 4') "
              "$(python3 -c 'import pytest_timeout' 2>/dev/null && echo -n '--timeout 150')") if not dry else ""
@@ -184,12 +186,14 @@ def commands(dry: bool, out: str, work: str, budget_left=None):
         )
         for tool in ("racecheck", "synccheck"):
             c[tool] = f"{_sanitizer(tool, work)} python3 scripts/kernel_variants.py --only prefill,decode --minimal"
+    # The path travels as an argument: no quoting of it inside the Python source.
     if dry:
-        c["ceilings"] = (f"{py} -c 'import json; json.dump({{\"ceilings\": {{\"copy_gbps\": 1.0, \"matmul_tflops\": 1.0}}}}, "
-                         f"open({ceil!r}, \"w\"))' && cat {ceil}")
+        c["ceilings"] = (f"{py} -c 'import json, sys; json.dump({{\"ceilings\": {{\"copy_gbps\": 1.0, "
+                         f"\"matmul_tflops\": 1.0}}}}, open(sys.argv[1], \"w\"))' {ceil} && cat {ceil}")
     else:
-        c["ceilings"] = (f"python3 -c 'import json, sys; sys.path.insert(0, \"benchmarks\"); from common import measure_ceilings; "
-                         f"c = measure_ceilings(); json.dump({{\"ceilings\": c}}, open({ceil!r}, \"w\")); print(c)'")
+        c["ceilings"] = ("python3 -c 'import json, sys; sys.path.insert(0, \"benchmarks\"); "
+                         "from common import measure_ceilings; c = measure_ceilings(); "
+                         f"json.dump({{\"ceilings\": c}}, open(sys.argv[1], \"w\")); print(c)' {ceil}")
     quick = " --device cpu --quick --repeats 1" if dry else ""
     c["bench_decode"] = f"{py} benchmarks/bench_attention_decode.py --out {o} {ceil_arg}{quick}"
     c["bench_prefill"] = f"{py} benchmarks/bench_attention_prefill.py --out {o} {ceil_arg}{quick}"
@@ -321,6 +325,14 @@ class Runner:
             self.say(f"WARNING: {len(names)} files in $OUT, only {MAX_OUT_FILES} come back: {names}")
 
 
+def needs_build(selected) -> bool:
+    """Whether the selected steps need fastxf built and no build is here."""
+    import glob
+
+    uses = {n for s in STEPS if s.name in selected for n in s.needs}
+    return "build" in uses and not glob.glob(os.path.join(ROOT, "python", "fastxf", "_C*.so"))
+
+
 def main(argv=None) -> int:
     out = os.path.abspath(os.environ.get("OUT") or os.path.join(ROOT, "out", "gpu"))
     work = os.path.abspath(os.environ.get("GPU_CHECK_WORK") or os.path.join("/tmp", f"fastxf_gpu_check_{os.getpid()}"))
@@ -334,6 +346,10 @@ def main(argv=None) -> int:
     skip = os.environ.get("SKIP_STEPS", "").split()
     selected = [n for n in (wanted or names) if n not in skip]
     dry = os.environ.get("GPU_CHECK_DRY_RUN", "") == "1"
+    if not dry and "build" not in selected and needs_build(selected):
+        # A second call on a machine that stayed warm reuses the build; a fresh machine has none.
+        print("gpu_check: no built fastxf._C here: adding the build step", flush=True)
+        selected.append("build")
     commit = os.environ.get("FASTXF_COMMIT", "")
     if not commit:
         try:
