@@ -18,19 +18,22 @@
 #   tests              150 s   60  330   pytest -m cuda tests/ (xdist -n 4 and per-test timeout when present)
 #   memcheck            60 s   30  180   every kernel variant at small sizes (scripts/kernel_variants.py)
 #   ceilings            10 s    5   60   copy GB/s + bf16 matmul TFLOP/s, shared by the benchmarks
-#   bench_decode        40 s   20  150   -> attention_decode.json
-#   bench_prefill       60 s   30  180   -> attention_prefill.json
-#   racecheck           60 s   30  180   prefill + decode instantiations, fastxf kernels only
-#   synccheck           30 s   20  120   prefill + decode instantiations, fastxf kernels only
-#   e2e                240 s   60  540   -> e2e.json (Llama-2-7B b1 static+compile, 16k/32k cache, BERT-base)
-#   bench_norm          90 s   45  200   -> norm.json
-#   bench_pipeline      60 s   30  150   -> pipeline.json
+#   bench_decode        40 s   30  150   -> attention_decode.json
+#   bench_prefill       60 s   50  180   -> attention_prefill.json
+#   racecheck           60 s   30  180   prefill + decode instantiations (--minimal)
+#   synccheck           30 s   20  120   prefill + decode instantiations (--minimal)
+#   e2e                280 s   60  540   -> e2e.json (Llama-2-7B b1 static+compile, 16k/32k cache, BERT-base)
+#   bench_norm         120 s  100  240   -> norm.json (30 torch.compile baselines)
+#   bench_pipeline      60 s   50  150   -> pipeline.json
 #   report               3 s    1   60   tables + target checks from the JSON (benchmarks/report.py)
-# Total expected ~923 s: the default budget (420 s) gets through racecheck. A
-# second call made within the 30 s the machine stays warm keeps the build (a
-# STEPS list without build reuses it; the build is added back only when no
-# fastxf._C is there, i.e. on a fresh machine), e.g.
-#   STEPS="ceilings e2e bench_norm bench_pipeline report" GPU_BUDGET_S=<what is left>
+# Total expected ~993 s, more than one session's device time (900 s with the
+# machine's start): on these estimates the default budget (420 s) reaches
+# bench_decode (bench_prefill too if the tests take 20 s less). A second call made within the 30 s the machine stays warm keeps
+# the build (a STEPS list without build reuses it; the build is added back only
+# when no fastxf._C is there, i.e. on a fresh machine), e.g.
+#   STEPS="racecheck synccheck e2e report" GPU_BUDGET_S=<what is left>
+# bench_norm and bench_pipeline re-measure results already published (H200,
+# torch 2.11): last.
 #
 # $OUT (at most 8 files come back): gpu.log (summary + each step's tail),
 # step.log (the running / last step's full log), logs.tar.gz (all full logs,
