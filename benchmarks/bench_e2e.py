@@ -146,8 +146,9 @@ class Decoder:
         return {name: float(f"{(v - ref).abs().max().item() / scale:.3e}") for name, v in out.items()}
 
 
-def decode_rows(dec, ids, new, impls, *, static, repeats, shape, bytes_per_step, batch, extra_fields):
-    """Rows for `impls` (row name -> (attn implementation, static, compiled name))."""
+def decode_rows(dec, ids, new, impls, *, static, repeats, shape, bytes_per_step, batch, extra_fields, ceilings):
+    """Decode rows for `impls` (row name -> attention implementation), dynamic or static cache;
+    the static cache compiles one implementation at a time. Returns (rows, {name: error})."""
     rows, errors = [], {}
     times = {}
     if not static:
@@ -183,6 +184,8 @@ def decode_rows(dec, ids, new, impls, *, static, repeats, shape, bytes_per_step,
         ms = statistics.median(steps)
         r = row("decode", shape, next(dec.model.parameters()).dtype, name, ms, bytes_moved=bytes_per_step)
         r["tokens_per_s"] = round(batch / ms * 1e3, 1)
+        # The bandwidth limit: one step reads bytes_per_step at the measured copy rate.
+        r["limit_tokens_per_s"] = round(batch * ceilings["copy_gbps"] * 1e9 / bytes_per_step, 1)
         r["cache"] = "static" if static else "dynamic"
         r.update(extra_fields.get(name, {}))
         rows.append(r)
@@ -190,7 +193,7 @@ def decode_rows(dec, ids, new, impls, *, static, repeats, shape, bytes_per_step,
     return rows, errors
 
 
-def run_llama(which, state, args, device, dtype):
+def run_llama(which, state, args, device, dtype, ceilings):
     if state.get("llama") is None:
         t0 = time.time()
         state["llama"] = build_llama(device, dtype, args.smoke)
@@ -212,11 +215,11 @@ def run_llama(which, state, args, device, dtype):
             impls = {"fastxf_dynamic": "fastxf", "hf_eager": "eager", "hf_sdpa": "sdpa"}
             checks["logits_vs_hf_eager"] = dec.check_logits(ids, ["hf_sdpa", "fastxf"])
             r, errs = decode_rows(dec, ids, new, impls, static=False, repeats=args.repeats, shape=shape,
-                                  bytes_per_step=step_bytes, batch=1, extra_fields=fields)
+                                  bytes_per_step=step_bytes, batch=1, extra_fields=fields, ceilings=ceilings)
         else:
             impls = {"fastxf": "fastxf", "hf_sdpa_static_compile": "sdpa"}
             r, errs = decode_rows(dec, ids, new, impls, static=True, repeats=args.repeats, shape=shape,
-                                  bytes_per_step=step_bytes, batch=1, extra_fields=fields)
+                                  bytes_per_step=step_bytes, batch=1, extra_fields=fields, ceilings=ceilings)
             if errs:
                 checks["static_compile_errors"] = errs
         rows += r
@@ -230,7 +233,7 @@ def run_llama(which, state, args, device, dtype):
             step_bytes = weight_bytes + kv_tok * (ctx + new // 2)
             checks[f"ctx{ctx}_logits_vs_hf_sdpa"] = _check_vs_sdpa(dec, ids)
             r, _ = decode_rows(dec, ids, new, impls, static=False, repeats=args.repeats, shape=shape,
-                               bytes_per_step=step_bytes, batch=1, extra_fields={})
+                               bytes_per_step=step_bytes, batch=1, extra_fields={}, ceilings=ceilings)
             rows += r
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -298,7 +301,7 @@ def main(argv=None) -> int:
                 r, i, rc = run_bert(args, ceilings)
                 status |= rc
             else:
-                r, i = run_llama(name, state, args, device, dtype)
+                r, i = run_llama(name, state, args, device, dtype, ceilings)
         except Exception as e:  # one configuration failing (e.g. out of memory) does not lose the others
             print(f"{name}: FAILED {type(e).__name__}: {e}", flush=True)
             info[name] = {"error": f"{type(e).__name__}: {str(e)[:500]}"}
