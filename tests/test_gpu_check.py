@@ -279,3 +279,21 @@ def test_variants_reach_every_decode_instantiation_under_the_emulator():
                            "--only", "decode", "--minimal"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "every expected variant dispatched" in proc.stdout
+
+
+def test_odr_check_finds_a_function_both_compilers_built(tmp_path):
+    # Two objects named as the CUDA build names them, each with its own copy of one inline
+    # function (-O0: not inlined away); g++ stands in for nvcc's host pass.
+    import shutil
+
+    if shutil.which("g++") is None:
+        pytest.skip("no g++")
+    odr = _load("scripts/odr_check.py", "odr_check_under_test")
+    src = "namespace fastxf { inline int twice(int x) { return 2 * x; } }\nint use_{n}(int x) {{ return fastxf::twice(x); }}\n"
+    for name, n in (("a.cu", "a"), ("b.cpp", "b")):
+        (tmp_path / f"{name}.cc").write_text(src.replace("{n}", n).replace("{{", "{").replace("}}", "}"))
+        subprocess.run(["g++", "-O0", "-c", str(tmp_path / f"{name}.cc"), "-o", str(tmp_path / f"{name}.o")], check=True)
+    both, n_nv, n_cc = odr.duplicates(str(tmp_path))
+    assert (n_nv, n_cc) == (1, 1) and list(both) == ["fastxf::twice(int)"]
+    (tmp_path / "a.cu.o").unlink()
+    assert odr.duplicates(str(tmp_path))[0] == {}
