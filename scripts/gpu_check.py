@@ -53,7 +53,7 @@ class Step:
 # times: see scripts/gpu_check.sh's header (tests/test_gpu_check.py keeps the two equal).
 STEPS = [
     Step("machine", 5, 1, 30, "GPU, driver, torch / transformers versions, compute-sanitizer, nproc", needs=()),
-    Step("build", 120, 60, 300, "fastxf against the machine's torch, sm_90a only, all cores, ptxas -v", needs=()),
+    Step("build", 90, 60, 300, "fastxf against the machine's torch, sm_90a only, all cores, ptxas -v", needs=()),
     Step("segv", 15, 10, 120, "norm bad-input RuntimeErrors on CUDA in a subprocess (the torch 2.11 segfault)"),
     Step("tests", 150, 60, 330, "pytest -m cuda tests/ (every CUDA test)"),
     Step("memcheck", 60, 30, 180, "compute-sanitizer memcheck: kernel_variants.py (every variant) + sanitizer_smoke.py"),

@@ -9,14 +9,14 @@
 # already in $OUT stays. The logic is scripts/gpu_check.py.
 #
 # Steps, in the order they run, with the expected time on the H200 machine
-# (16 cores). The build: per-file times of this tree's sm_90a build on the 2-core
-# development machine under a load of ~12 (ninja log: the nvcc TUs that include
-# torch's headers, attention_cuda.cu / decode_cuda.cu, ~450 s each, the longest;
-# ~1700 CPU-s in all) give ~75 s for the longest file and ~110 s on 16 cores.
-# The rest: from earlier GPU runs and the case counts.
+# (16 cores). The build: this tree's sm_90a build took 535 CPU-s (user + sys) on
+# the 2-core development machine (50 min wall at a load of ~12); the longest
+# files are the nvcc ones that include torch's headers (prefill_cuda.cu,
+# attention_cuda.cu, decode_cuda.cu), so ~45-60 s of compiling on 16 cores, plus
+# configure: 90 s. The rest: from earlier GPU runs and the case counts.
 #   step            expected  min  cap   what
 #   machine              5 s    1   30   GPU, driver, versions, compute-sanitizer, nproc
-#   build              120 s   60  300   sm_90a only, all cores, ptxas -v (spills listed)
+#   build               90 s   60  300   sm_90a only, all cores, ptxas -v (spills listed)
 #   segv                15 s   10  120   norm bad-input RuntimeErrors on CUDA (torch 2.11 segfault: cause)
 #   tests              150 s   60  330   pytest -m cuda tests/ (xdist -n 4 and per-test timeout when present)
 #   memcheck            60 s   30  180   every kernel variant at small sizes (scripts/kernel_variants.py)
@@ -29,9 +29,9 @@
 #   bench_norm         120 s  100  240   -> norm.json (30 torch.compile baselines)
 #   bench_pipeline      60 s   50  150   -> pipeline.json
 #   report               3 s    1   60   tables + target checks from the JSON (benchmarks/report.py)
-# Total expected ~1013 s, more than one session's device time (900 s with the
+# Total expected ~983 s, more than one session's device time (900 s with the
 # machine's start): on these estimates the default budget (420 s) reaches
-# bench_decode (bench_prefill too if the tests take 20 s less). A second call made within the 30 s the machine stays warm keeps
+# bench_decode (bench_prefill too if the steps before it take ~10 s less). A second call made within the 30 s the machine stays warm keeps
 # the build (a STEPS list without build reuses it; the build is added back only
 # when no fastxf._C is there, i.e. on a fresh machine), e.g.
 #   STEPS="racecheck synccheck e2e report" GPU_BUDGET_S=<what is left>
