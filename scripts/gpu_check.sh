@@ -31,7 +31,8 @@
 #   report               3 s    1   60   tables + target checks from the JSON (benchmarks/report.py)
 # Total expected ~983 s, more than one session's device time (900 s with the
 # machine's start): on these estimates the default budget (420 s) reaches
-# bench_decode (bench_prefill too if the steps before it take ~10 s less). A second call made within the 30 s the machine stays warm keeps
+# bench_decode (bench_prefill too if the steps before it take ~10 s less). A
+# second call made within the 30 s the machine stays warm keeps
 # the build (a STEPS list without build reuses it; the build is added back only
 # when no fastxf._C is there, i.e. on a fresh machine), e.g.
 #   STEPS="racecheck synccheck e2e report" GPU_BUDGET_S=<what is left>
