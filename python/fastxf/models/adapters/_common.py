@@ -10,8 +10,9 @@ padding mask plus a causal rule with the query offset. The description is
 rebuilt densely and compared with the mask, so a mask it cannot express
 (a custom 4-D mask, holes the kernel cannot place) is detected and that call
 runs the original forward. All layers of one forward share one mask tensor:
-the analysis (one device sync) is cached on its identity and version, so it
-runs once per forward, not once per layer.
+the analysis (a few host syncs) is cached on its identity and version, so it
+runs once per forward, not once per layer. Under torch.compile it runs eagerly
+(one graph break per layer, where precheck calls it).
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def visible_from_additive(mask: torch.Tensor) -> torch.Tensor | None:
 _LAST: list = [None]  # (weakref to mask, version, key, result): one entry is enough (see module doc)
 
 
+# Eager even under torch.compile: the analysis reads the mask on the host (its
+# verdict picks the kernel or HF's path), which dynamo cannot trace. Traced, it
+# broke the graph at every sync inside it; disabled, the graph breaks once, at
+# the call (torch._dynamo.explain on a 2-layer BLOOM: 16 breaks -> 7, the rest
+# being the enclosing frames' resumptions). Results are unchanged.
+@torch.compiler.disable
 def analyse(mask: torch.Tensor, to_visible, key: str) -> Compact | str:
     """Compact form of a (B, 1, Sq, Sk) mask, or why there is none. `to_visible`
     maps the mask to bool visibility (or None if it is not a pure mask); `key`
