@@ -18,7 +18,14 @@ import torch
 
 import fastxf
 from tests import _emulated_cases
-from tests._emulated_cases import DECODE_HEAD_DIMS, DTYPES, PREFILL_HEAD_DIMS, assert_direct_and_split_decode, check, qkv
+from tests._emulated_cases import (
+    DECODE_HEAD_DIMS,
+    DTYPES,
+    PREFILL_HEAD_DIMS,
+    assert_direct_and_split_decode,
+    check,
+    qkv,
+)
 from tests.emulation import dispatch_log, emulated  # noqa: F401 (fixture)
 from tests.test_attention import alibi_slopes
 

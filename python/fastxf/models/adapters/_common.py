@@ -221,8 +221,9 @@ def split_heads(t: torch.Tensor, head_dim: int) -> torch.Tensor:
 
 
 def decoder_causal(compact: Compact | None, q_len: int) -> bool:
-    """Causal rule of a decoder whose attention is causal without a mask too
-    (HF's own causal buffer or ALiBi convention), else the mask's rule."""
+    """Causal rule for a decoder that attends causally when given no mask (HF's
+    causal buffer or its ALiBi convention): True without a mask, else the
+    mask's rule for q_len queries."""
     return True if compact is None else compact.causal_for(q_len)
 
 

@@ -41,7 +41,8 @@ def forward(module, original, hidden_states, attention_mask=None, *args, **kwarg
     if any(a is not None and a is not False for a in args):
         return fallback("cross-attention, cache or output_attentions")
     why, compact = _common.precheck(
-        module, hidden_states, module.dropout.p, kwargs, attention_mask, output_attentions=kwargs.get("output_attentions")
+        module, hidden_states, module.dropout.p, kwargs, attention_mask,
+        output_attentions=kwargs.get("output_attentions"),
     )
     if why is not None:
         return fallback(why)
@@ -50,9 +51,8 @@ def forward(module, original, hidden_states, attention_mask=None, *args, **kwarg
 
 def self_attention(module, hidden_states, attention_mask, compact, rotate=None):
     """The kernel call shared with RoFormer; `rotate(q, k, v)` applies rotary embeddings."""
-    query, key, value = (
-        _common.split_heads(p(hidden_states), module.attention_head_size) for p in (module.query, module.key, module.value)
-    )
+    projections = (module.query, module.key, module.value)
+    query, key, value = (_common.split_heads(p(hidden_states), module.attention_head_size) for p in projections)
     if rotate is not None:
         query, key, value = rotate(query, key, value)
     context = _common.attend(
