@@ -256,6 +256,31 @@ def test_accelerate_style_instance_forward_is_left_alone():
     assert attn.__dict__["forward"] is sentinel
 
 
+def test_torch_compile_breaks_only_at_the_mask_analysis():
+    # The mask analysis syncs with the host (its verdict picks the kernel or HF's
+    # path), so under torch.compile it runs eagerly (torch.compiler.disable): the
+    # graph breaks only where precheck calls it, never inside it, and the
+    # compiled model computes what the eager one does.
+    model, _ = pair("bloom")
+    ids, mask = batch("left")
+
+    def logits(ids, mask):
+        return model(input_ids=ids, attention_mask=mask).logits
+
+    torch._dynamo.reset()
+    try:
+        with torch.no_grad():
+            explained = torch._dynamo.explain(logits)(ids, mask)
+            where = {(b.user_stack[-1].name, b.user_stack[-1].filename) for b in explained.break_reasons}
+            assert where == {("precheck", _common.__file__)}, [str(b.reason)[:200] for b in explained.break_reasons]
+            torch._dynamo.reset()
+            got = torch.compile(logits, backend="eager")(ids, mask)
+            want = logits(ids, mask)
+    finally:
+        torch._dynamo.reset()
+    assert torch.equal(got, want)
+
+
 def test_registry_is_exact_class():
     assert adapters.family_of(torch.nn.Linear(2, 2)) is None
 

@@ -42,21 +42,19 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
-from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM
+from transformers import AutoConfig, AutoModelForCausalLM
 
 import fastxf
 from fastxf.models import attention as fx_attention
 from fastxf.placement import discover, placement_of
 from fastxf.placement import runtime
+from tests import _tiny_models
+from tests._tiny_models import DECODER, GPT2, VOCAB, one_thread  # noqa: F401 (one_thread: autouse fixture)
 
-VOCAB = 97
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4,
-             num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=64, bos_token_id=1,
-             eos_token_id=2, pad_token_id=0)
+SMALL = dict(DECODER, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
 CONFIGS = {
     "llama": dict(SMALL),
-    "gpt2": dict(n_embd=32, n_layer=5, n_head=4, vocab_size=VOCAB, n_positions=64, bos_token_id=1,
-                 eos_token_id=2, pad_token_id=0),
+    "gpt2": dict(GPT2, n_positions=64, pad_token_id=0),
     "qwen3": dict(SMALL, head_dim=8),
     # Window 4 < prompt length: sliding-window layers see fewer keys than the full ones.
     "gemma2": dict(SMALL, head_dim=8, sliding_window=4),
@@ -135,22 +133,9 @@ _MODELS: dict = {}
 _REFS: dict = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny models: on a loaded 2-core machine thread synchronisation would dominate.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def model_for(family):
     if family not in _MODELS:
-        cfg = AutoConfig.for_model(family, **CONFIGS[family])
-        cfg._attn_implementation = "eager"
-        torch.manual_seed(0)
-        auto = AutoModelForSeq2SeqLM if family in SEQ2SEQ else AutoModelForCausalLM
-        _MODELS[family] = auto.from_config(cfg).eval()
+        _MODELS[family] = _tiny_models.build(family, CONFIGS[family], seq2seq=family in SEQ2SEQ)
     return _MODELS[family]
 
 

@@ -13,28 +13,21 @@ instantiation of both kernels runs once with ALiBi; decode with one split
 (direct writes) and with split-KV + merge.
 """
 
-import re
-
 import pytest
 import torch
 
 import fastxf
+from tests import _emulated_cases
+from tests._emulated_cases import (
+    DECODE_HEAD_DIMS,
+    DTYPES,
+    PREFILL_HEAD_DIMS,
+    assert_direct_and_split_decode,
+    check,
+    qkv,
+)
 from tests.emulation import dispatch_log, emulated  # noqa: F401 (fixture)
-from tests.test_attention import alibi_slopes, assert_matches, make_qkv
-
-DTYPES = [torch.float16, torch.bfloat16]
-PREFILL_HEAD_DIMS = [32, 64, 128, 256]
-DECODE_HEAD_DIMS = [32, 64, 80, 96, 128, 256]
-
-
-def qkv(B, Hq, Hkv, Sq, Sk, D, dtype):
-    return make_qkv(B, Hq, Hkv, Sq, Sk, D, dtype, "cpu")
-
-
-def check(q, k, v, **kw):
-    out = fastxf.ops.attention(q, k, v, **kw)
-    assert_matches(out, q, k, v, **kw)
-    return out
+from tests.test_attention import alibi_slopes
 
 
 def steep_slopes(B, Hq):
@@ -44,16 +37,7 @@ def steep_slopes(B, Hq):
 
 
 def padding_mask(B, Sk):
-    m = torch.ones(B, Sk, dtype=torch.bool)
-    m[0, : Sk // 3] = False  # left padding (BLOOM batches)
-    if B > 1:
-        m[1, Sk - Sk // 4 :] = False  # right padding
-    if B > 2:
-        m[2, ::3] = False  # holes
-        m[2, 20:90] = False  # a hole spanning whole key tiles
-    if B > 3:
-        m[3] = False  # fully masked sequence: zeros
-    return m
+    return _emulated_cases.padding_mask(B, Sk, right_share=4)  # a quarter right-padded, as these cases always had
 
 
 # ------------------------------------------------------------------ prefill ----
@@ -89,9 +73,7 @@ def test_decode_alibi_instantiations(emulated, dtype, D):
     # k_len 200: one split, direct writes; 600: split-KV + merge. GQA rows mix heads and positions.
     check(*qkv(1, 8, 2, 3, 200, D, dtype), causal=True, alibi_slopes=alibi_slopes(8))
     check(*qkv(1, 4, 4, 1, 600, D, dtype), alibi_slopes=steep_slopes(1, 4), key_padding_mask=padding_mask(1, 600))
-    lines = dispatch_log()
-    assert any(f"D={D} splits=1 " in line for line in lines), lines
-    assert any(re.search(rf"D={D} splits=([2-9]|\d\d)", line) for line in lines), lines
+    assert_direct_and_split_decode(D)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

@@ -14,7 +14,6 @@ cases; test_every_variant_dispatched checks that from the dispatch's own log.
 Sizes are small: the emulator runs every thread of every CTA on the CPU.
 """
 
-import re
 import subprocess
 import sys
 
@@ -22,37 +21,19 @@ import pytest
 import torch
 
 import fastxf
+from tests._emulated_cases import (
+    DECODE_HEAD_DIMS,
+    DTYPES,
+    PREFILL_HEAD_DIMS,
+    assert_direct_and_split_decode,
+    check,
+    padding_mask,
+    qkv,
+)
 from tests.emulation import AVAILABLE, dispatch_log, emulated, require_emulator  # noqa: F401 (fixture)
-from tests.test_attention import assert_matches, make_qkv
+from tests.test_attention import assert_matches
 
-DTYPES = [torch.float16, torch.bfloat16]
-PREFILL_HEAD_DIMS = [32, 64, 128, 256]
 PADDED_HEAD_DIMS = [40, 80, 96, 160, 36]  # -> 64, 128, 128, 256; 36 is zero-padded to 40 (-> 64)
-DECODE_HEAD_DIMS = [32, 64, 80, 96, 128, 256]
-
-
-def qkv(B, Hq, Hkv, Sq, Sk, D, dtype):
-    return make_qkv(B, Hq, Hkv, Sq, Sk, D, dtype, "cpu")
-
-
-def check(q, k, v, **kw):
-    out = fastxf.ops.attention(q, k, v, **kw)
-    assert out.device.type == "cpu"
-    assert_matches(out, q, k, v, **kw)
-    return out
-
-
-def padding_mask(B, Sk):
-    m = torch.ones(B, Sk, dtype=torch.bool)
-    m[0, : Sk // 3] = False  # left padding
-    if B > 1:
-        m[1, Sk - Sk // 2 :] = False  # right padding
-    if B > 2:
-        m[2, ::3] = False  # holes
-        m[2, 20:90] = False  # a hole spanning whole key tiles
-    if B > 3:
-        m[3] = False  # fully masked sequence: zeros
-    return m
 
 
 # ------------------------------------------------------------------ prefill ----
@@ -104,9 +85,7 @@ def test_decode_instantiations(emulated, dtype, D):
     # k_len 200: one split (< 256 keys per split), direct writes; 600: split-KV + merge.
     check(*qkv(1, 8, 2, 4, 200, D, dtype), causal=True)
     check(*qkv(1, 4, 4, 1, 600, D, dtype), key_padding_mask=padding_mask(1, 600))
-    lines = dispatch_log()
-    assert any(f"D={D} splits=1 " in line for line in lines), lines
-    assert any(re.search(rf"D={D} splits=([2-9]|\d\d)", line) for line in lines), lines
+    assert_direct_and_split_decode(D)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

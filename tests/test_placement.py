@@ -11,42 +11,25 @@ and greedy tokens must be identical."""
 
 import pytest
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM
+from transformers import AutoConfig
 
 from fastxf.placement import discover, place_model, placement_of, plan_placement, remove_placement
+from tests import _tiny_models
+from tests._tiny_models import DECODER, GPT2, VOCAB, one_thread  # noqa: F401 (one_thread: autouse fixture)
 
-VOCAB = 97
 SMALL = {
-    "llama": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128),
-    "qwen2": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4,
-                  num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128),
+    "llama": dict(DECODER, max_position_embeddings=128),
+    "qwen2": dict(DECODER, max_position_embeddings=128),
     # Mistral with a sliding window shorter than prompt + new tokens: sliding cache layers.
-    "mistral": dict(hidden_size=32, intermediate_size=64, num_hidden_layers=5, num_attention_heads=4,
-                    num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=128, sliding_window=4),
-    # GPT-2: other layout (transformer.h, ln_f) and a head tied to the embeddings.
-    "gpt2": dict(n_embd=32, n_layer=5, n_head=4, vocab_size=VOCAB, n_positions=128,
-                 bos_token_id=1, eos_token_id=2),
+    "mistral": dict(DECODER, max_position_embeddings=128, sliding_window=4),
+    "gpt2": dict(GPT2, n_positions=128),
 }
 _MODELS = {}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: with several threads on a loaded 2-core machine, thread
-    # synchronisation dominates (seconds instead of milliseconds per generate).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(family):
     if family not in _MODELS:
-        cfg = AutoConfig.for_model(family, **SMALL[family])
-        cfg._attn_implementation = "eager"
-        torch.manual_seed(0)
-        _MODELS[family] = AutoModelForCausalLM.from_config(cfg).eval()
+        _MODELS[family] = _tiny_models.build(family, SMALL[family])
     m = _MODELS[family]
     remove_placement(m)
     return m

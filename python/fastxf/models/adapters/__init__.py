@@ -11,7 +11,9 @@ computes q/k/v with the module's own projections, applies the family's
 rotary/ALiBi convention, updates the HF cache, and calls fastxf.ops.attention,
 or hands the call to the original forward (output_attentions, unknown inputs,
 masks the kernel cannot express, dropout in training), counted in
-fastxf.models.attention.CALLS like the AttentionInterface path.
+fastxf.models.attention.CALLS like the AttentionInterface path. The checks
+every family shares are `_common.precheck`, the kernel call `_common.attend`;
+a family module holds only what is its own.
 
 The swap is one instance attribute (`module.forward`), so the module keeps its
 parameters, other instances and the class are untouched, and `uninstall`

@@ -10,8 +10,9 @@ padding mask plus a causal rule with the query offset. The description is
 rebuilt densely and compared with the mask, so a mask it cannot express
 (a custom 4-D mask, holes the kernel cannot place) is detected and that call
 runs the original forward. All layers of one forward share one mask tensor:
-the analysis (one device sync) is cached on its identity and version, so it
-runs once per forward, not once per layer.
+the analysis (a few host syncs) is cached on its identity and version, so it
+runs once per forward, not once per layer. Under torch.compile it runs eagerly
+(one graph break per layer, where precheck calls it).
 """
 
 from __future__ import annotations
@@ -63,6 +64,12 @@ def visible_from_additive(mask: torch.Tensor) -> torch.Tensor | None:
 _LAST: list = [None]  # (weakref to mask, version, key, result): one entry is enough (see module doc)
 
 
+# Eager even under torch.compile: the analysis reads the mask on the host (its
+# verdict picks the kernel or HF's path), which dynamo cannot trace. Traced, it
+# broke the graph at every sync inside it; disabled, the graph breaks once, at
+# the call (torch._dynamo.explain on a 2-layer BLOOM: 16 breaks -> 7, the rest
+# being the enclosing frames' resumptions). Results are unchanged.
+@torch.compiler.disable
 def analyse(mask: torch.Tensor, to_visible, key: str) -> Compact | str:
     """Compact form of a (B, 1, Sq, Sk) mask, or why there is none. `to_visible`
     maps the mask to bool visibility (or None if it is not a pure mask); `key`
@@ -165,6 +172,91 @@ def unknown_kwargs(kwargs: dict, allowed=frozenset()) -> str | None:
     return None
 
 
+def precheck(
+    module,
+    hidden_states,
+    dropout_p: float,
+    kwargs: dict,
+    mask,
+    *,
+    output_attentions=False,
+    refuse: str | None = None,
+    allowed=frozenset(),
+    to_visible=visible_from_additive,
+    key: str = "additive",
+) -> tuple[str | None, Compact | None]:
+    """The checks every adapter runs before computing anything, in this order:
+    attention weights asked for, the family's own reason `refuse` (cross-attention,
+    a cache the kernel cannot use), unknown inputs, plain_call_reason, the mask.
+
+    Returns (why, compact): `why` is the reason to hand the call back to HF, else
+    None; `compact` is the mask's compact form (None without a mask). `to_visible`
+    and `key` as for analyse(): the default reads an additive (or bool, True =
+    attend) mask."""
+    if output_attentions:
+        return "output_attentions", None
+    if refuse is not None:
+        return refuse, None
+    why = unknown_kwargs(kwargs, allowed) or plain_call_reason(module, hidden_states, hidden_states, dropout_p)
+    if why is not None or mask is None:
+        return why, None
+    compact = analyse(mask, to_visible, key)
+    if isinstance(compact, str):
+        return compact, None
+    return None, compact
+
+
+def buffer_mismatch(compact: Compact | None) -> str | None:
+    """Layers with their own bottom-right causal buffer (GPT-Neo, Bark) combine it
+    with the mask; a mask whose causal rule is offset (static cache) would combine
+    differently, so such calls go back to HF."""
+    if compact is not None and compact.q_offset is not None:
+        return "causal mask not bottom-right aligned (static cache) while the layer's buffer is"
+    return None
+
+
+def split_heads(t: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """(B, S, H * D) projection output -> (B, H, S, D) view, the layout the kernel takes."""
+    return t.unflatten(-1, (-1, head_dim)).transpose(1, 2)
+
+
+def decoder_causal(compact: Compact | None, q_len: int) -> bool:
+    """Causal rule for a decoder that attends causally when given no mask (HF's
+    causal buffer or its ALiBi convention): True without a mask, else the
+    mask's rule for q_len queries."""
+    return True if compact is None else compact.causal_for(q_len)
+
+
+def attend(query, key, value, compact: Compact | None, *, family: str, mask, causal: bool, scale: float, **extra):
+    """Counts the call and runs fastxf's attention on (B, H, S, D) q/k/v with the
+    key padding and query offset of `compact` (None: no mask); `extra` are
+    further kernel arguments (window, alibi_slopes). Returns the context as
+    (B, Sq, H * D), ready for the output projection. `mask` (the dense mask the
+    call received, or None) is only checked against the cached key length."""
+    check_key_length(mask, key, family)
+    count("fastxf")
+    out = fx_attention_op(
+        contiguous_last(query),
+        contiguous_last(key),
+        contiguous_last(value),
+        causal=causal,
+        scale=scale,
+        key_padding_mask=None if compact is None else compact.key_padding,
+        q_offset=None if compact is None else compact.q_offset,
+        **extra,
+    )
+    batch, heads, q_len, head_dim = out.shape
+    return out.transpose(1, 2).reshape(batch, q_len, heads * head_dim)
+
+
+def no_check(module) -> str | None:
+    """check() of families that take every module of their classes."""
+    return None
+
+
+def no_constants(module) -> dict:
+    """prepare() of families that need no per-module constants."""
+    return {}
 
 
 def slopes_from_build_alibi(build_alibi_tensor, num_heads: int, device) -> torch.Tensor:

@@ -11,7 +11,6 @@ other input go to the original forward for that call.
 
 from __future__ import annotations
 
-from ...ops import attention as fx_attention_op
 from . import _common
 
 _M = "transformers.models"
@@ -23,20 +22,13 @@ CLASSES = (
     f"{_M}.visual_bert.modeling_visual_bert.VisualBertSelfAttention",
 )
 FAMILY = "bert-style encoders"
+prepare = _common.no_constants
 
 
 def check(module) -> str | None:
     if getattr(module, "position_embedding_type", "absolute") != "absolute":
         return f"position_embedding_type {module.position_embedding_type!r} (relative position scores)"
     return None
-
-
-def prepare(module) -> dict:
-    return {}
-
-
-def _visible(mask):
-    return _common.visible_from_additive(mask)
 
 
 def forward(module, original, hidden_states, attention_mask=None, *args, **kwargs):
@@ -48,38 +40,24 @@ def forward(module, original, hidden_states, attention_mask=None, *args, **kwarg
     # depending on the class: any of them set means a call the kernel does not take.
     if any(a is not None and a is not False for a in args):
         return fallback("cross-attention, cache or output_attentions")
-    if kwargs.get("output_attentions"):
-        return fallback("output_attentions")
-    why = _common.unknown_kwargs(kwargs) or _common.plain_call_reason(
-        module, hidden_states, hidden_states, module.dropout.p
+    why, compact = _common.precheck(
+        module, hidden_states, module.dropout.p, kwargs, attention_mask,
+        output_attentions=kwargs.get("output_attentions"),
     )
     if why is not None:
         return fallback(why)
-    compact = None
-    if attention_mask is not None:
-        compact = _common.analyse(attention_mask, _visible, "additive")
-        if isinstance(compact, str):
-            return fallback(compact)
     return self_attention(module, hidden_states, attention_mask, compact)
 
 
 def self_attention(module, hidden_states, attention_mask, compact, rotate=None):
     """The kernel call shared with RoFormer; `rotate(q, k, v)` applies rotary embeddings."""
-    batch, q_len = hidden_states.shape[:2]
-    shape = (batch, q_len, -1, module.attention_head_size)
-    query, key, value = (p(hidden_states).view(shape).transpose(1, 2) for p in (module.query, module.key, module.value))
+    projections = (module.query, module.key, module.value)
+    query, key, value = (_common.split_heads(p(hidden_states), module.attention_head_size) for p in projections)
     if rotate is not None:
         query, key, value = rotate(query, key, value)
-        query, key, value = (_common.contiguous_last(t) for t in (query, key, value))
-    _common.check_key_length(attention_mask, key, FAMILY)
-    _common.count("fastxf")
-    out = fx_attention_op(
-        query,
-        key,
-        value,
+    context = _common.attend(
+        query, key, value, compact, family=FAMILY, mask=attention_mask,
         causal=False if compact is None else compact.causal,
         scale=module.attention_head_size**-0.5,
-        key_padding_mask=None if compact is None else compact.key_padding,
-        q_offset=None if compact is None else compact.q_offset,
     )
-    return out.transpose(1, 2).reshape(batch, q_len, module.all_head_size), None
+    return context, None

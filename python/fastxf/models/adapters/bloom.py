@@ -15,7 +15,6 @@ import sys
 
 import torch
 
-from ...ops import attention as fx_attention_op
 from . import _common
 
 CLASSES = ("transformers.models.bloom.modeling_bloom.BloomAttention",)
@@ -44,10 +43,6 @@ def prepare(module) -> dict:
     return {"slopes": slopes_for(module)}
 
 
-def _mask_visible(mask):
-    return _common.visible_from_additive(mask)
-
-
 def forward(
     module,
     original,
@@ -67,19 +62,13 @@ def forward(
             output_attentions=output_attentions, **kwargs,
         )
 
-    if output_attentions:
-        return fallback("output_attentions")
-    why = _common.unknown_kwargs(kwargs) or _common.plain_call_reason(
-        module, hidden_states, hidden_states, module.attention_dropout.p
+    why, compact = _common.precheck(
+        module, hidden_states, module.attention_dropout.p, kwargs, attention_mask, output_attentions=output_attentions
     )
     if why is not None:
         return fallback(why)
-    batch, q_len, _ = hidden_states.shape
-    compact = None
-    if attention_mask is not None:
-        compact = _common.analyse(attention_mask, _mask_visible, "additive")
-        if isinstance(compact, str):
-            return fallback(compact)
+    q_len = hidden_states.shape[1]
+    if compact is not None:
         if not compact.causal_for(q_len) or not compact.contiguous:
             return fallback("ALiBi with a non-causal or holed mask (BLOOM counts positions over real tokens)")
     elif q_len != 1:  # HF then attends to every key, later ones included: not ALiBi's |p - j|
@@ -89,19 +78,10 @@ def forward(
     query, key, value = module._reshape(fused_qkv)  # (B, H, S, D) views of fused_qkv
     if layer_past is not None:
         key, value = layer_past.update(key, value, module.layer_idx)
-    _common.check_key_length(attention_mask, key, "BLOOM")
-    _common.count("fastxf")
-    out = fx_attention_op(
-        query if query.stride(-1) == 1 else query.contiguous(),
-        key if key.stride(-1) == 1 else key.contiguous(),
-        value if value.stride(-1) == 1 else value.contiguous(),
-        causal=True,
-        scale=module.inv_norm_factor,
-        key_padding_mask=None if compact is None else compact.key_padding,
-        q_offset=None if compact is None else compact.q_offset,
+    context = _common.attend(
+        query, key, value, compact, family="BLOOM", mask=attention_mask, causal=True, scale=module.inv_norm_factor,
         alibi_slopes=module.__dict__["_fastxf_extra"]["slopes"],
     )
-    context = out.transpose(1, 2).reshape(batch, q_len, module.num_heads * module.head_dim)
     output = module.dense(context)
     mod = sys.modules[type(module).__module__]
     output = mod.dropout_add(output, residual, module.hidden_dropout, module.training)

@@ -17,7 +17,6 @@ import sys
 
 import torch
 
-from ...ops import attention as fx_attention_op
 from . import _common
 
 CLASSES = ("transformers.models.falcon.modeling_falcon.FalconAttention",)
@@ -34,10 +33,6 @@ def prepare(module) -> dict:
     mod = sys.modules[type(module).__module__]
     device = module.query_key_value.weight.device
     return {"slopes": _common.slopes_from_build_alibi(mod.build_alibi_tensor, module.num_heads, device)}
-
-
-def _visible_plain(mask):
-    return _common.visible_from_additive(mask)
 
 
 def _visible_alibi(mask):
@@ -72,23 +67,17 @@ def forward(
             use_cache=use_cache, output_attentions=output_attentions, position_embeddings=position_embeddings, **kwargs,
         )
 
-    if output_attentions:
-        return fallback("output_attentions")
-    why = _common.unknown_kwargs(kwargs) or _common.plain_call_reason(
-        module, hidden_states, hidden_states, module.attention_dropout.p
+    use_alibi = alibi is not None
+    visible = {"to_visible": _visible_alibi, "key": "falcon-alibi"} if use_alibi else {}
+    why, compact = _common.precheck(
+        module, hidden_states, module.attention_dropout.p, kwargs, attention_mask, output_attentions=output_attentions,
+        **visible,
     )
     if why is not None:
         return fallback(why)
     batch, q_len, _ = hidden_states.shape
-    use_alibi = alibi is not None
-    compact = None
-    if attention_mask is not None:
-        compact = _common.analyse(
-            attention_mask, _visible_alibi if use_alibi else _visible_plain, "falcon-alibi" if use_alibi else "additive"
-        )
-        if isinstance(compact, str):
-            return fallback(compact)
-        if use_alibi and (not compact.causal_for(q_len) or not compact.contiguous):
+    if use_alibi and compact is not None:
+        if not compact.causal_for(q_len) or not compact.contiguous:
             return fallback("ALiBi with a non-causal or holed mask (Falcon counts positions over real tokens)")
     elif use_alibi and q_len != 1:
         return fallback("ALiBi without an attention mask (HF's sdpa path then drops the bias)")
@@ -105,22 +94,13 @@ def forward(
         query, key = mod.apply_rotary_pos_emb(query, key, cos, sin)
     if layer_past is not None:
         key, value = layer_past.update(key, value, module.layer_idx)
-    _common.check_key_length(attention_mask, key, "Falcon")
 
     slopes = None
     if use_alibi:
         times = 1.0 if module.config._attn_implementation == "sdpa" else 2.0  # see the module docstring
         slopes = module.__dict__["_fastxf_extra"]["slopes"] * (times * module.inv_norm_factor)
-    _common.count("fastxf")
-    out = fx_attention_op(
-        _common.contiguous_last(query),
-        _common.contiguous_last(key),
-        _common.contiguous_last(value),
-        causal=True if compact is None else compact.causal_for(q_len),
-        scale=module.inv_norm_factor,
-        key_padding_mask=None if compact is None else compact.key_padding,
-        q_offset=None if compact is None else compact.q_offset,
-        alibi_slopes=slopes,
+    context = _common.attend(
+        query, key, value, compact, family="Falcon", mask=attention_mask, causal=_common.decoder_causal(compact, q_len),
+        scale=module.inv_norm_factor, alibi_slopes=slopes,
     )
-    context = out.transpose(1, 2).reshape(batch, q_len, module.num_heads * module.head_dim)
     return module.dense(context), None

@@ -17,14 +17,7 @@ from . import _common
 
 CLASSES = ("transformers.models.fsmt.modeling_fsmt.Attention",)
 FAMILY = "fsmt"
-
-
-def check(module) -> str | None:
-    return None
-
-
-def prepare(module) -> dict:
-    return {}
+check, prepare = _common.no_check, _common.no_constants
 
 
 def _visible_2d(mask):
@@ -38,9 +31,8 @@ def forward(module, original, query, key, key_padding_mask=None, layer_state=Non
         _common.count("fallback:" + reason)
         return original(query, key, key_padding_mask, layer_state, attn_mask, output_attentions, **kwargs)
 
-    if output_attentions:
-        return fallback("output_attentions")
-    why = _common.unknown_kwargs(kwargs) or _common.plain_call_reason(module, query, query, module.dropout)
+    # attn_mask is analysed below, after key_padding_mask's checks (None here: no mask yet).
+    why, _ = _common.precheck(module, query, module.dropout, kwargs, None, output_attentions=output_attentions)
     if why is not None:
         return fallback(why)
     if key_padding_mask is not None and key_padding_mask.dim() == 0:  # as HF: a 0-d mask means none

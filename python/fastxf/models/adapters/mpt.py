@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 
-from ...ops import attention as fx_attention_op
 from . import _common
 
 CLASSES = ("transformers.models.mpt.modeling_mpt.MptAttention",)
@@ -27,8 +26,7 @@ def check(module) -> str | None:
     return _common.alibi_kernel_check(module)  # MPT always uses ALiBi
 
 
-def prepare(module) -> dict:
-    return {}
+prepare = _common.no_constants
 
 
 def _visible(mask):
@@ -42,19 +40,14 @@ def forward(module, original, hidden_states, position_bias, cache=None, attentio
         _common.count("fallback:" + reason)
         return original(hidden_states, position_bias, cache=cache, attention_mask=attention_mask, **kwargs)
 
-    if module.__dict__.get("_fastxf_output_attentions"):
-        return fallback("output_attentions")
-    why = _common.unknown_kwargs(kwargs) or _common.plain_call_reason(
-        module, hidden_states, hidden_states, module.attn_dropout_p
+    why, compact = _common.precheck(
+        module, hidden_states, module.attn_dropout_p, kwargs, attention_mask,
+        output_attentions=module.__dict__.get("_fastxf_output_attentions"), to_visible=_visible, key="mpt-bool",
     )
     if why is not None:
         return fallback(why)
-    batch, q_len = hidden_states.shape[:2]
-    compact = None
-    if attention_mask is not None:
-        compact = _common.analyse(attention_mask, _visible, "mpt-bool")
-        if isinstance(compact, str):
-            return fallback(compact)
+    q_len = hidden_states.shape[1]
+    if compact is not None:
         if position_bias is not None and not compact.causal_for(q_len):
             return fallback("ALiBi with a non-causal mask")
     elif q_len != 1:
@@ -65,28 +58,18 @@ def forward(module, original, hidden_states, position_bias, cache=None, attentio
     mixed = module.Wqkv(hidden_states)
     if module.clip_qkv:
         mixed = mixed.clamp(min=-module.clip_qkv, max=module.clip_qkv)
-    query, key, value = mixed.chunk(3, dim=2)
-    shape = (batch, q_len, module.n_heads, module.head_dim)
-    query, key, value = (t.reshape(shape).transpose(1, 2) for t in (query, key, value))
+    query, key, value = (_common.split_heads(t, module.head_dim) for t in mixed.chunk(3, dim=2))
     if cache is not None:
         key, value = cache.update(key, value, module.layer_idx, kwargs=kwargs)
-    _common.check_key_length(attention_mask, key, "MPT")
+    _common.check_key_length(attention_mask, key, "MPT")  # a mask / cache mismatch first: the root cause
     slopes = None
     if position_bias is not None:
         if position_bias.shape[2] < key.shape[2]:
             raise RuntimeError(f"fastxf MPT adapter: {key.shape[2]} keys exceed the ALiBi table ({position_bias.shape[2]})")
         row = position_bias[:, 0, :]
         slopes = (row[:, -1] - row[:, -2]).to(torch.float32).contiguous()
-    _common.count("fastxf")
-    out = fx_attention_op(
-        _common.contiguous_last(query),
-        _common.contiguous_last(key),
-        _common.contiguous_last(value),
-        causal=True if compact is None else compact.causal_for(q_len),
-        scale=module.softmax_scale,
-        key_padding_mask=None if compact is None else compact.key_padding,
-        q_offset=None if compact is None else compact.q_offset,
-        alibi_slopes=slopes,
+    context = _common.attend(
+        query, key, value, compact, family="MPT", mask=attention_mask, causal=_common.decoder_causal(compact, q_len),
+        scale=module.softmax_scale, alibi_slopes=slopes,
     )
-    context = out.transpose(1, 2).reshape(batch, q_len, module.n_heads * module.head_dim)
     return module.out_proj(context), None

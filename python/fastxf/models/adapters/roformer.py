@@ -10,14 +10,7 @@ from . import _common, bert_style
 
 CLASSES = ("transformers.models.roformer.modeling_roformer.RoFormerSelfAttention",)
 FAMILY = "roformer"
-
-
-def check(module) -> str | None:
-    return None
-
-
-def prepare(module) -> dict:
-    return {}
+check, prepare = _common.no_check, _common.no_constants
 
 
 def forward(
@@ -30,20 +23,13 @@ def forward(
             hidden_states, attention_mask, sinusoidal_pos, encoder_hidden_states, cache, output_attentions, **kwargs
         )
 
-    if output_attentions:
-        return fallback("output_attentions")
-    if encoder_hidden_states is not None or cache is not None:
-        return fallback("cross-attention or cache")
-    why = _common.unknown_kwargs(kwargs) or _common.plain_call_reason(
-        module, hidden_states, hidden_states, module.dropout.p
+    cross_or_cache = encoder_hidden_states is not None or cache is not None
+    why, compact = _common.precheck(
+        module, hidden_states, module.dropout.p, kwargs, attention_mask, output_attentions=output_attentions,
+        refuse="cross-attention or cache" if cross_or_cache else None,
     )
     if why is not None:
         return fallback(why)
-    compact = None
-    if attention_mask is not None:
-        compact = _common.analyse(attention_mask, bert_style._visible, "additive")
-        if isinstance(compact, str):
-            return fallback(compact)
 
     def rotate(q, k, v):
         if sinusoidal_pos is None:
