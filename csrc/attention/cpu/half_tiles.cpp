@@ -67,7 +67,7 @@ namespace cpublas = at::native::cpublas;
 // packing all of K / V for a few query rows (decode) costs more than it saves.
 constexpr int64_t kMinRows = 32;
 // Packed K / V of at most this many groups at a time (memory kept between calls).
-constexpr int64_t kMaxPackedBytes = int64_t{64} << 20;
+constexpr int64_t kMaxPackedBytes = int64_t{16} << 20;
 // Problems below this many flops run on the calling thread (as attention_cpu.cpp).
 constexpr double kSerialFlops = 1.5e6;
 
@@ -92,8 +92,9 @@ void brgemm(int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb, int64_t l
 
 // Everything below runs only on CPUs with AMX, which all have these.
 // (GCC 12 flags _mm512_undefined_ps inside its own masked-load / reduce
-// intrinsics as "maybe uninitialized": a false positive, GCC bug 105593.)
+// intrinsics as "(maybe) uninitialized": a false positive, GCC bug 105593.)
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #if defined(__clang__)
 #pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,fma,f16c"))), \
                              apply_to = function)
@@ -110,18 +111,47 @@ namespace {
 
 // K rows [0, nk) (row stride ldk) as the B operand of S = Q K^T, i.e. K^T
 // (D x nkp) in VNNI layout with ldb = nkp: the pair (K[n][2i], K[n][2i+1]) is the
-// 32-bit word i * nkp + n. Keys [nk, nkp) are zeros.
+// 32-bit word i * nkp + n, a transpose of K seen as 32-bit pairs (16 x 16 blocks
+// in registers, scalar edges). Keys [nk, nkp) are zeros.
 void pack_k(const uint16_t* k, int64_t ldk, int64_t nk, int64_t nkp, int64_t D, uint16_t* out) {
   uint32_t* o = reinterpret_cast<uint32_t*>(out);
   const int64_t pairs = D / 2;
-  for (int64_t n = 0; n < nk; ++n) {
-    const uint16_t* src = k + n * ldk;
-    for (int64_t i = 0; i < pairs; ++i) {
-      uint32_t w;
-      std::memcpy(&w, src + 2 * i, sizeof(w));
-      o[i * nkp + n] = w;
+  auto scalar = [&](int64_t n0, int64_t n1, int64_t i0, int64_t i1) {
+    for (int64_t n = n0; n < n1; ++n)
+      for (int64_t i = i0; i < i1; ++i) {
+        uint32_t w;
+        std::memcpy(&w, k + n * ldk + 2 * i, sizeof(w));
+        o[i * nkp + n] = w;
+      }
+  };
+  const int64_t nk16 = nk / 16 * 16, pairs16 = pairs / 16 * 16;
+  for (int64_t n0 = 0; n0 < nk16; n0 += 16) {
+    for (int64_t i0 = 0; i0 < pairs16; i0 += 16) {
+      __m512i r[16], t[16];
+      for (int x = 0; x < 16; ++x) r[x] = _mm512_loadu_si512(k + (n0 + x) * ldk + 2 * i0);
+      // t[4g + c], 128-bit lane L: rows 4g..4g+3 of column 4L + c.
+      for (int x = 0; x < 16; x += 4) {
+        const __m512i a = _mm512_unpacklo_epi32(r[x], r[x + 1]), b = _mm512_unpackhi_epi32(r[x], r[x + 1]);
+        const __m512i c = _mm512_unpacklo_epi32(r[x + 2], r[x + 3]), d = _mm512_unpackhi_epi32(r[x + 2], r[x + 3]);
+        t[x] = _mm512_unpacklo_epi64(a, c);
+        t[x + 1] = _mm512_unpackhi_epi64(a, c);
+        t[x + 2] = _mm512_unpacklo_epi64(b, d);
+        t[x + 3] = _mm512_unpackhi_epi64(b, d);
+      }
+      // Column 4L + c gathers lane L of t[c], t[4 + c], t[8 + c], t[12 + c].
+      for (int c = 0; c < 4; ++c) {
+        const __m512i v0 = _mm512_shuffle_i32x4(t[c], t[4 + c], 0x88), v1 = _mm512_shuffle_i32x4(t[c], t[4 + c], 0xDD);
+        const __m512i w0 = _mm512_shuffle_i32x4(t[8 + c], t[12 + c], 0x88);
+        const __m512i w1 = _mm512_shuffle_i32x4(t[8 + c], t[12 + c], 0xDD);
+        _mm512_storeu_si512(o + (i0 + c) * nkp + n0, _mm512_shuffle_i32x4(v0, w0, 0x88));
+        _mm512_storeu_si512(o + (i0 + c + 4) * nkp + n0, _mm512_shuffle_i32x4(v1, w1, 0x88));
+        _mm512_storeu_si512(o + (i0 + c + 8) * nkp + n0, _mm512_shuffle_i32x4(v0, w0, 0xDD));
+        _mm512_storeu_si512(o + (i0 + c + 12) * nkp + n0, _mm512_shuffle_i32x4(v1, w1, 0xDD));
+      }
     }
+    scalar(n0, n0 + 16, pairs16, pairs);
   }
+  scalar(nk16, nk, 0, pairs);
   if (nk < nkp)
     for (int64_t i = 0; i < pairs; ++i) std::fill(o + i * nkp + nk, o + (i + 1) * nkp, 0u);
 }
@@ -207,9 +237,18 @@ void softmax_row(const float* s, const float* bias, int64_t lo, int64_t hi, int6
   };
   // Row max of the raw scores (scale > 0 keeps the order).
   const int64_t j_lo = lo / 16 * 16;
-  __m512 vmax = neg_inf;
-  for (int64_t j = j_lo; j < hi; j += 16) vmax = _mm512_mask_max_ps(vmax, lanes(j), vmax, raw(j));
-  const float bm = _mm512_reduce_max_ps(vmax) * scale;
+  // (Four accumulators over the unmasked middle: one would wait on each max.)
+  __m512 m0 = neg_inf, m1 = neg_inf, m2 = neg_inf, m3 = neg_inf;
+  int64_t j = j_lo;
+  if (j < lo && j < hi) m0 = _mm512_mask_max_ps(m0, lanes(j), m0, raw(j)), j += 16;
+  for (; j + 64 <= hi; j += 64) {
+    m0 = _mm512_max_ps(m0, raw(j));
+    m1 = _mm512_max_ps(m1, raw(j + 16));
+    m2 = _mm512_max_ps(m2, raw(j + 32));
+    m3 = _mm512_max_ps(m3, raw(j + 48));
+  }
+  for (; j < hi; j += 16) m0 = _mm512_mask_max_ps(m0, lanes(j), m0, raw(j));
+  const float bm = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(m0, m1), _mm512_max_ps(m2, m3))) * scale;
   if (bm == -std::numeric_limits<float>::infinity()) {  // sees nothing here: state kept, P = 0
     std::fill(p, p + nkp, uint16_t{0});
     return;
@@ -230,8 +269,7 @@ void softmax_row(const float* s, const float* bias, int64_t lo, int64_t hi, int6
   const __m512 c = _mm512_set1_ps(scale * kLog2e), shift = _mm512_set1_ps(m * kLog2e);
   __m512 vsum = _mm512_setzero_ps();
   const __m256i zero = _mm256_setzero_si256();
-  int64_t j = 0;
-  for (; j < j_lo; j += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), zero);
+  for (j = 0; j < j_lo; j += 16) _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), zero);
   for (; j < hi; j += 16) {
     const __m512 e = exp2_nonpos(_mm512_fmsub_ps(raw(j), c, shift), lanes(j));
     vsum = _mm512_add_ps(vsum, e);
@@ -326,7 +364,7 @@ void run_packed(const AttentionProblem& pr) {
 
   // Tile geometry: BR query rows (a multiple of 16, the AMX row block) by key
   // blocks of KB (a multiple of 32, the bf16 AMX depth).
-  int64_t BR = 128, KB = 512;
+  int64_t BR = 128, KB = 256;
   if (const char* t = std::getenv("FASTXF_HALF_TUNE")) std::sscanf(t, "%ld,%ld", &BR, &KB);  // dev only
   BR = std::min(BR, round_up(rows_per_head, 16));
   KB = std::min(KB, round_up(Sk, 32));
@@ -481,19 +519,30 @@ namespace {
 
 // Whether the packed path applies to this problem (compiled for baseline x86-64:
 // nothing of the AVX-512 code above runs before these checks pass).
+// FASTXF_CPU_ATTENTION_BRGEMM=0 turns the path off (the generic tiles run);
+// =require makes a problem it does not take an error that says why (tests).
 template <typename T>
 bool packed_path_applies(const AttentionProblem& p) {
-  if (p.head_dim % 2 != 0 || (p.q_heads / p.kv_heads) * p.q_len < kMinRows) return false;
   const char* env = std::getenv("FASTXF_CPU_ATTENTION_BRGEMM");
-  if (env && std::string_view(env) == "0") return false;
-  if (!cpublas::could_pack || !cpublas::brgemm_release || !brgemm_fn<T>()) return false;
+  const std::string_view want = env ? env : "";
+  if (want == "0") return false;
+  auto no = [&](const char* why) {
+    TORCH_CHECK(want != "require", "FASTXF_CPU_ATTENTION_BRGEMM=require, but the packed fp16 / bf16 path ", why);
+    return false;
+  };
+  if (p.head_dim % 2 != 0) return no("needs an even head dim");
+  if ((p.q_heads / p.kv_heads) * p.q_len < kMinRows) return no("needs (Hq / Hkv) * Sq >= 32 query rows");
+  if (!cpublas::could_pack || !cpublas::brgemm_release || !brgemm_fn<T>())
+    return no("needs torch's cpublas::brgemm / could_pack, which this torch does not export");
   static const bool cpu_ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                              __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                              __builtin_cpu_supports("avx512bf16");
   // could_pack also says no when the user turned mkldnn off: asked on every call.
-  if (!cpu_ok || !cpublas::could_pack(c10::CppTypeToScalarType<T>::value)) return false;
+  if (!cpu_ok || !cpublas::could_pack(c10::CppTypeToScalarType<T>::value))
+    return no("needs AMX for this dtype (cpublas::could_pack) and AVX512-BF16");
   static const bool layout_ok = packing_matches_kernel<T>();
-  return layout_ok;
+  if (!layout_ok) return no("found that oneDNN's micro-kernel does not read its VNNI packing as expected");
+  return true;
 }
 
 template <typename T>
