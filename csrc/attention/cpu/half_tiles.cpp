@@ -21,12 +21,14 @@
 // packed in chunks of at most kMaxPackedBytes); per-thread tile scratch is kept
 // likewise, so a warm call allocates nothing.
 //
-// The path is taken only where it can run and pays (see attention_cpu_packed_half):
+// The path is taken only where it can run and pays (packed_path_applies):
 // bf16 / fp16 with cpublas::could_pack (AMX, resp. AMX-FP16; false when the user
 // disabled mkldnn), an even head dim (VNNI pairs), at least kMinRows query rows
 // per (batch, kv head) (decode keeps the generic loops), and a one-time check that
 // the micro-kernel reads this file's packing as intended. Everything here runs
 // only on CPUs with AMX, so the file is compiled for AVX-512 (+ BF16) throughout.
+// FASTXF_CPU_ATTENTION_BRGEMM=0 turns the path off (the generic tiles run every
+// problem); =require makes a problem it does not take an error saying why (tests).
 #include "attention/cpu/half_tiles.h"
 
 #include <ATen/Parallel.h>
@@ -37,7 +39,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -66,6 +67,7 @@ namespace cpublas = at::native::cpublas;
 // Query rows per (batch, kv head) below which the generic tiles are used:
 // packing all of K / V for a few query rows (decode) costs more than it saves.
 constexpr int64_t kMinRows = 32;
+constexpr int64_t kBlockRows = 128, kBlockKeys = 256;
 // Packed K / V of at most this many groups at a time (memory kept between calls).
 constexpr int64_t kMaxPackedBytes = int64_t{16} << 20;
 // Problems below this many flops run on the calling thread (as attention_cpu.cpp).
@@ -362,12 +364,13 @@ void run_packed(const AttentionProblem& pr) {
   const int64_t D = pr.head_dim, Sq = pr.q_len, Sk = pr.k_len, Hq = pr.q_heads, Hkv = pr.kv_heads;
   const int64_t group = Hq / Hkv, rows_per_head = group * Sq;
 
-  // Tile geometry: BR query rows (a multiple of 16, the AMX row block) by key
-  // blocks of KB (a multiple of 32, the bf16 AMX depth).
-  int64_t BR = 128, KB = 256;
-  if (const char* t = std::getenv("FASTXF_HALF_TUNE")) std::sscanf(t, "%ld,%ld", &BR, &KB);  // dev only
-  BR = std::min(BR, round_up(rows_per_head, 16));
-  KB = std::min(KB, round_up(Sk, 32));
+  // Tile geometry: up to BR query rows (a multiple of 16, the AMX row block) by
+  // key blocks of KB (a multiple of 32, the bf16 AMX depth). Measured (1 thread,
+  // the bf16 prefill grid of benchmarks/bench_attention_cpu.py) among BR 32..256 x
+  // KB 256 / 512: 128 x 256 was best or within noise of it everywhere; the smaller
+  // key block skips more of the causal triangle than SDPA's 512.
+  const int64_t BR = std::min(kBlockRows, round_up(rows_per_head, 16));
+  const int64_t KB = std::min(kBlockKeys, round_up(Sk, 32));
   const int64_t row_blocks = (rows_per_head + BR - 1) / BR, key_blocks = (Sk + KB - 1) / KB;
   const int64_t groups = pr.batch * Hkv;
   const int64_t block_elems = KB * D;                 // one packed K or V block
