@@ -468,8 +468,13 @@ void run_packed(const AttentionProblem& pr) {
           }
         }
 
+        // Keys past every row's end (the causal diagonal block) are not computed:
+        // both products run on the first nkq keys of the block (the packed K keeps
+        // its row stride nkp; those of V are consecutive pairs anyway).
+        const int64_t nkq = round_up(std::min(nk, hi_all - j0), 32);
+
         // S = Q K^T (unscaled, fp32)
-        brgemm<T>(Rp, nkp, D, D, nkp, KB, false, sc.q, k_block(g, kb), sc.s);
+        brgemm<T>(Rp, nkq, D, D, nkp, KB, false, sc.q, k_block(g, kb), sc.s);
 
         // Softcap / ALiBi (or a scale <= 0, which the fast row code does not take): the
         // final scores in place, rare enough for scalar code.
@@ -492,12 +497,12 @@ void run_packed(const AttentionProblem& pr) {
 
         for (int64_t r = 0; r < R; ++r) {
           const int64_t lo = std::clamp(sc.lo[r] - j0, int64_t{0}, nk), hi = std::clamp(sc.hi[r] - j0, int64_t{0}, nk);
-          softmax_row<T>(sc.s + r * KB, bias, lo, hi, nkp, row_scale, sc.m[r], sc.l[r], sc.p + r * KB,
+          softmax_row<T>(sc.s + r * KB, bias, lo, hi, nkq, row_scale, sc.m[r], sc.l[r], sc.p + r * KB,
                          sc.acc + r * D, D);
         }
 
         // acc += P V
-        brgemm<T>(Rp, D, nkp, KB, D, D, true, sc.p, v_block(g, kb), sc.acc);
+        brgemm<T>(Rp, D, nkq, KB, D, D, true, sc.p, v_block(g, kb), sc.acc);
       }
 
       for (int64_t r = 0; r < R; ++r) {
