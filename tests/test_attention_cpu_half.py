@@ -101,18 +101,18 @@ def _mask(B, Sk):
 
 # (B, Hq, Hkv, Sq, Sk, D, kwargs); rows per (batch, kv head) = (Hq / Hkv) * Sq.
 CASES = [
-    (1, 2, 1, 16, 40, 64, {}),  # 32 rows: the smallest packed problem
+    (1, 2, 1, 32, 40, 64, {}),  # 64 rows: the smallest packed problem
     (2, 4, 2, 37, 300, 64, {}),  # 74 rows (padded to 80), keys 256 + 44 (padded to 64)
     (1, 8, 2, 70, 70, 80, {"causal": True}),  # 280 rows: 128 + 128 + 24; D = 80
     (1, 4, 1, 33, 513, 128, {"causal": True, "padded": True}),  # keys 256 + 256 + 1
-    (1, 2, 2, 50, 77, 256, {}),  # D = 256
-    (1, 4, 4, 45, 100, 72, {"causal": True}),  # D = 72: pairs not a multiple of 16
+    (1, 2, 2, 70, 77, 256, {}),  # D = 256
+    (1, 4, 4, 65, 100, 72, {"causal": True}),  # D = 72: pairs not a multiple of 16
     (2, 6, 3, 40, 290, 64, {"padded": True}),
     (1, 2, 1, 300, 700, 64, {"causal": True, "window": 130}),  # blocks skipped on both sides
     (1, 4, 2, 40, 200, 64, {"softcap": 5.0}),
     (2, 4, 2, 40, 120, 64, {"alibi_slopes": torch.tensor([[0.5, 0.25, 0.125, 0.0625], [1.0, 0.3, 0.2, 0.1]])}),
-    (1, 2, 1, 30, 90, 64, {"scale": 0.3, "causal": True}),
-    (1, 2, 1, 30, 90, 64, {"scale": -0.2}),  # scale <= 0 goes through the in-place score transform
+    (1, 2, 1, 33, 90, 64, {"scale": 0.3, "causal": True}),
+    (1, 2, 1, 33, 90, 64, {"scale": -0.2}),  # scale <= 0 goes through the in-place score transform
     # Bottom-right causal with q_offset: rows before the first key see nothing (exact zeros).
     (2, 4, 1, 36, 60, 64, {"causal": True, "q_offset": torch.tensor([-5, 20], dtype=torch.int32)}),
 ]
@@ -142,7 +142,7 @@ def test_empty_sequences_and_underflow(path, threads, dtype):
     # probabilities underflow to exact zero in the exp).
     path(dtype)
     threads(2)
-    B, H, Sq, Sk, D = 2, 2, 40, 300, 64
+    B, H, Sq, Sk, D = 2, 2, 64, 300, 64
     q, k, v = make_qkv(B, H, H, Sq, Sk, D, dtype, "cpu")
     q = (q.float() * 8).to(dtype)
     mask = torch.ones(B, Sk, dtype=torch.bool)
@@ -174,7 +174,7 @@ def test_group_chunks_and_thread_counts_agree(path, threads):
     # The result does not depend on the thread count (no split-KV on this path).
     dtype = torch.bfloat16
     path(dtype)
-    q, k, v = make_qkv(2, 8, 8, 32, 4100, 128, dtype, "cpu")
+    q, k, v = make_qkv(2, 8, 8, 64, 4100, 128, dtype, "cpu")
     outs = []
     for n in (1, 2, 2):
         threads(n)
@@ -190,7 +190,7 @@ def test_what_the_packed_path_does_not_take(monkeypatch, dtype):
     if not PACKED[dtype]:
         pytest.skip(f"no packed path for {dtype} here")
     monkeypatch.setenv(ENV, "require")
-    for shape, why in [((1, 4, 1, 7, 50, 64), "query rows"), ((1, 2, 1, 40, 50, 33), "even head dim")]:
+    for shape, why in [((1, 4, 1, 15, 50, 64), "query rows"), ((1, 2, 1, 40, 50, 33), "even head dim")]:
         q, k, v = make_qkv(*shape, dtype, "cpu")
         with pytest.raises(RuntimeError, match=why):
             fastxf.ops.attention(q, k, v)
