@@ -234,7 +234,9 @@ void softmax_row(const float* s, const float* bias, int64_t lo, int64_t hi, int6
                  float& l, uint16_t* p, float* acc, int64_t D) {
   constexpr float kLog2e = 1.44269504088896341f;
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  auto lanes = [&](int64_t j) { return j >= lo && j + 16 <= hi ? static_cast<__mmask16>(0xFFFF) : lanes_in(j, lo, hi); };
+  auto lanes = [&](int64_t j) {
+    return j >= lo && j + 16 <= hi ? static_cast<__mmask16>(0xFFFF) : lanes_in(j, lo, hi);
+  };
   auto raw = [&](int64_t j) {  // s (+ bias) as loaded
     const __m512 x = _mm512_loadu_ps(s + j);
     return bias ? _mm512_add_ps(x, _mm512_loadu_ps(bias + j)) : x;
@@ -375,7 +377,7 @@ void run_packed(const AttentionProblem& pr) {
   const int64_t KB = std::min(kBlockKeys, round_up(Sk, 32));
   const int64_t row_blocks = (rows_per_head + BR - 1) / BR, key_blocks = (Sk + KB - 1) / KB;
   const int64_t groups = pr.batch * Hkv;
-  const int64_t block_elems = KB * D;                 // one packed K or V block
+  const int64_t block_elems = KB * D;                        // one packed K or V block
   const int64_t group_elems = 2 * key_blocks * block_elems;  // K blocks, then V blocks
   const int64_t chunk_groups =
       std::clamp<int64_t>(kMaxPackedBytes / (group_elems * int64_t{sizeof(uint16_t)}), 1, groups);
@@ -487,7 +489,8 @@ void run_packed(const AttentionProblem& pr) {
             const int64_t row = row0 + r, pos = q_pos0 + row % Sq;
             const float slope = alibi ? alibi[b * Hq + kvh * group + row / Sq] : 0.f;
             float* sr = sc.s + r * KB;
-            const int64_t lo = std::clamp(sc.lo[r] - j0, int64_t{0}, nk), hi = std::clamp(sc.hi[r] - j0, int64_t{0}, nk);
+            const int64_t lo = std::clamp(sc.lo[r] - j0, int64_t{0}, nk);
+            const int64_t hi = std::clamp(sc.hi[r] - j0, int64_t{0}, nk);
             for (int64_t j = lo; j < hi; ++j) {
               float x = sr[j] * scale;
               if (softcap > 0.f) x = softcap * std::tanh(x / softcap);
