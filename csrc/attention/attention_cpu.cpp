@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "attention/attention.h"
+#include "attention/cpu/half_tiles.h"
 #include "emulation.h"
 
 // The Fortran BLAS entry point of the library torch links (MKL or OpenBLAS).
@@ -304,6 +305,8 @@ void run_attention_cpu(const AttentionProblem& p) {
 
   const char* blas_env = std::getenv("FASTXF_CPU_ATTENTION_BLAS");
   a.use_blas = !(blas_env && std::string_view(blas_env) == "0");
+  // fp16 / bf16 prefill with AMX: K / V packed once per call (cpu/half_tiles.cpp).
+  if (!std::is_same_v<T, float> && a.use_blas && attention_cpu_packed_half(p)) return;
   const UnitFns& fns = unit_fns();
   const UnitFn unit = std::is_same_v<T, float> ? fns.f32 : std::is_same_v<T, at::Half> ? fns.f16 : fns.bf16;
 
