@@ -82,6 +82,11 @@ constexpr int64_t kBlockRows = FASTXF_CPU_BLOCK_ROWS;
 constexpr int64_t kBlockKeys = FASTXF_CPU_BLOCK_KEYS;
 // Tiles with fewer rows use the vectorised loops instead of BLAS.
 constexpr int64_t kBlasMinRows = 8;
+// Rows per band of a key block that the rows see differently (causal diagonal,
+// window edge): such blocks are multiplied band by band over the keys each band
+// sees. 32 rows keep the sgemm calls efficient while a 128-row causal block
+// computes 5/8 of its scores instead of all of them.
+constexpr int64_t kBandRows = 32;
 
 // Null when the BLAS lacks them.
 const auto blas_sgemm = &sgemm_;
@@ -136,6 +141,12 @@ struct TileArgs {
   int64_t batch, q_heads, kv_heads, group, q_len, k_len, head_dim;
   float scale, softcap;
   const bool* key_mask;  // (B, Sk) or null
+  // Per sequence b: its visible keys lie in [pad_range[2b], pad_range[2b + 1]) and
+  // holes[b] says whether some key in between is masked. Padding at either end
+  // thus becomes a key range like causality (whole blocks skipped, blocks cut to
+  // it, no per-key test); key_mask is read only for sequences with holes.
+  const int64_t* pad_range;  // (B, 2) or null (no mask)
+  const bool* holes;         // (B) or null
   const float* alibi;    // (B, Hq) or null
   bool use_blas;         // false with FASTXF_CPU_ATTENTION_BLAS=0 (tests run the loops on every tile)
 };
@@ -273,9 +284,14 @@ int64_t choose_num_splits(int64_t tiles, int64_t threads, int64_t k_len) {
   return best;
 }
 
-// Problems below this many flops run on the calling thread: waking the pool
-// costs more than the arithmetic.
+// Problems below this many flops that read less than this much K / V run on
+// the calling thread: waking the pool costs more than the arithmetic. The
+// bytes count because decode with few query heads per KV head is bound by
+// reading K / V, not by flops (MHA decode over 300 keys: 1.2 MFLOP but 2.4 MB
+// of fp32 K / V, twice as fast on two threads, each of which then reads half
+// from its own L2).
 constexpr double kSerialFlops = 1.5e6;
+constexpr double kSerialBytes = 1 << 20;
 
 template <typename T>
 void run_attention_cpu(const AttentionProblem& p) {
@@ -300,6 +316,26 @@ void run_attention_cpu(const AttentionProblem& p) {
   a.softcap = p.softcap;
   a.key_mask = p.key_mask.defined() ? p.key_mask.data_ptr<bool>() : nullptr;
   a.alibi = p.alibi.defined() ? p.alibi.data_ptr<float>() : nullptr;
+  a.pad_range = nullptr;
+  a.holes = nullptr;
+  if (a.key_mask) {
+    // One pass over the (B, Sk) mask on the calling thread; kept between calls.
+    thread_local std::vector<int64_t> pad_range;
+    thread_local std::vector<char> holes;
+    pad_range.resize(2 * p.batch);
+    holes.resize(p.batch);
+    for (int64_t b = 0; b < p.batch; ++b) {
+      const bool* mb = a.key_mask + b * p.k_len;
+      int64_t lo = 0, hi = p.k_len;
+      while (lo < hi && !mb[lo]) ++lo;
+      while (hi > lo && !mb[hi - 1]) --hi;
+      pad_range[2 * b] = lo;
+      pad_range[2 * b + 1] = hi;
+      holes[b] = std::find(mb + lo, mb + hi, false) != mb + hi;
+    }
+    a.pad_range = pad_range.data();
+    a.holes = reinterpret_cast<const bool*>(holes.data());
+  }
   const int32_t* q_offset = p.q_offset.defined() ? p.q_offset.data_ptr<int32_t>() : nullptr;
 
   const char* blas_env = std::getenv("FASTXF_CPU_ATTENTION_BLAS");
@@ -318,15 +354,18 @@ void run_attention_cpu(const AttentionProblem& p) {
     const int64_t q_pos0 = q_offset ? q_offset[b] : p.k_len - p.q_len;
     return Tile{b, bh % p.kv_heads, row0, std::min(kBlockRows, rows_per_head - row0), q_pos0};
   };
-  // Visible key range [lo, hi) of every row from causal / window alone (padding
-  // is applied per key) into sc.lo / sc.hi; returns the union over the rows.
+  // Visible key range [lo, hi) of every row from causal / window and the
+  // sequence's padding range (holes are applied per key) into sc.lo / sc.hi;
+  // returns the union over the rows.
   auto row_ranges = [&](const Tile& t, Scratch& sc) {
     int64_t lo_all = p.k_len, hi_all = 0;
+    const int64_t pad_lo = a.pad_range ? a.pad_range[2 * t.b] : 0;
+    const int64_t pad_hi = a.pad_range ? a.pad_range[2 * t.b + 1] : p.k_len;
     for (int64_t r = 0; r < t.rows; ++r) {
       const int64_t pos = t.q_pos0 + (t.row0 + r) % p.q_len;
-      int64_t lo = 0, hi = p.k_len;
-      if (p.causal) hi = std::clamp<int64_t>(pos + 1, 0, p.k_len);
-      if (p.window > 0) lo = std::clamp<int64_t>(pos - p.window + 1, 0, p.k_len);
+      int64_t lo = pad_lo, hi = pad_hi;
+      if (p.causal) hi = std::clamp<int64_t>(pos + 1, 0, hi);
+      if (p.window > 0) lo = std::clamp<int64_t>(pos - p.window + 1, lo, p.k_len);
       sc.lo[r] = lo;
       sc.hi[r] = hi;
       if (lo < hi) {
@@ -338,7 +377,8 @@ void run_attention_cpu(const AttentionProblem& p) {
   };
 
   const double flops = 4.0 * p.batch * p.q_heads * p.q_len * p.k_len * D;
-  const int64_t threads = flops < kSerialFlops ? 1 : at::get_num_threads();
+  const double kv_bytes = 2.0 * p.batch * p.kv_heads * p.k_len * D * sizeof(T);
+  const int64_t threads = flops < kSerialFlops && kv_bytes < kSerialBytes ? 1 : at::get_num_threads();
   const int64_t splits = choose_num_splits(num_tiles, threads, p.k_len);
   const int64_t units = num_tiles * splits;
   const int64_t part_floats = tile_rows * (D + 2);
