@@ -42,6 +42,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -73,13 +74,11 @@ namespace {
 // Tile sizes. Large tiles go through BLAS, whose per-call cost wants big
 // products, while 128-row / 256-key blocks still let causal and padding block
 // skipping drop most invisible work (the at::mm-based predecessor measured
-// 128 x 256 best among 64..256 x 128..512; the macros exist only to re-tune).
-#ifndef FASTXF_CPU_BLOCK_ROWS
-#define FASTXF_CPU_BLOCK_ROWS 128
-#define FASTXF_CPU_BLOCK_KEYS 256
-#endif
-constexpr int64_t kBlockRows = FASTXF_CPU_BLOCK_ROWS;
-constexpr int64_t kBlockKeys = FASTXF_CPU_BLOCK_KEYS;
+// 128 x 256 best among 64..256 x 128..512). choose_blocks() picks per problem;
+// kMaxBlockRows bounds what it may pick.
+constexpr int64_t kBlockRows = 128;
+constexpr int64_t kBlockKeys = 256;
+constexpr int64_t kMaxBlockRows = 256;
 // Tiles with fewer rows use the vectorised loops instead of BLAS.
 constexpr int64_t kBlasMinRows = 8;
 // Rows per band of a key block that the rows see differently (causal diagonal,
@@ -284,6 +283,21 @@ int64_t choose_num_splits(int64_t tiles, int64_t threads, int64_t k_len) {
   return best;
 }
 
+// Rows per tile and keys per block for a problem.
+// FASTXF_CPU_ATTENTION_BLOCKS=rows,keys overrides both (for re-tuning and for
+// the tests; rows a multiple of kBandRows up to kMaxBlockRows, keys a multiple of 16).
+std::pair<int64_t, int64_t> choose_blocks(const AttentionProblem& p) {
+  if (const char* env = std::getenv("FASTXF_CPU_ATTENTION_BLOCKS")) {
+    long rows = 0, keys = 0;
+    TORCH_CHECK(std::sscanf(env, "%ld,%ld", &rows, &keys) == 2 && rows > 0 && rows % kBandRows == 0 &&
+                    rows <= kMaxBlockRows && keys > 0 && keys % 16 == 0,
+                "FASTXF_CPU_ATTENTION_BLOCKS must be 'rows,keys' with rows a multiple of ", kBandRows, " up to ",
+                kMaxBlockRows, " and keys a multiple of 16, got '", env, "'");
+    return {rows, keys};
+  }
+  return {kBlockRows, kBlockKeys};
+}
+
 // Problems below this many flops that read less than this much K / V run on
 // the calling thread: waking the pool costs more than the arithmetic. The
 // bytes count because decode with few query heads per KV head is bound by
@@ -345,14 +359,15 @@ void run_attention_cpu(const AttentionProblem& p) {
 
   const int64_t D = p.head_dim;
   const int64_t rows_per_head = a.group * p.q_len;
-  const int64_t row_blocks = (rows_per_head + kBlockRows - 1) / kBlockRows;
-  const int64_t tile_rows = std::min(kBlockRows, rows_per_head);
+  const auto [block_rows, block_keys] = choose_blocks(p);
+  const int64_t row_blocks = (rows_per_head + block_rows - 1) / block_rows;
+  const int64_t tile_rows = std::min(block_rows, rows_per_head);
   const int64_t num_tiles = p.batch * p.kv_heads * row_blocks;
   auto tile_at = [&](int64_t idx) {
     const int64_t rb = idx % row_blocks, bh = idx / row_blocks;
-    const int64_t b = bh / p.kv_heads, row0 = rb * kBlockRows;
+    const int64_t b = bh / p.kv_heads, row0 = rb * block_rows;
     const int64_t q_pos0 = q_offset ? q_offset[b] : p.k_len - p.q_len;
-    return Tile{b, bh % p.kv_heads, row0, std::min(kBlockRows, rows_per_head - row0), q_pos0};
+    return Tile{b, bh % p.kv_heads, row0, std::min(block_rows, rows_per_head - row0), q_pos0};
   };
   // Visible key range [lo, hi) of every row from causal / window and the
   // sequence's padding range (holes are applied per key) into sc.lo / sc.hi;
@@ -392,16 +407,16 @@ void run_attention_cpu(const AttentionProblem& p) {
 
   auto work = [&](int64_t begin, int64_t end) {
     thread_local Scratch sc;
-    sc.reserve(tile_rows, kBlockKeys, D);
+    sc.reserve(tile_rows, block_keys, D);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t tile_idx = idx / splits, split = idx % splits;
       const Tile t = tile_at(tile_idx);
       auto [lo, hi] = row_ranges(t, sc);
       // Split boundaries on whole key blocks of the visible range.
-      const int64_t first_block = lo / kBlockKeys, blocks = (hi + kBlockKeys - 1) / kBlockKeys - first_block;
+      const int64_t first_block = lo / block_keys, blocks = (hi + block_keys - 1) / block_keys - first_block;
       const int64_t per_split = (blocks + splits - 1) / splits;
-      const int64_t k_begin = std::max(lo, (first_block + split * per_split) * kBlockKeys);
-      const int64_t k_end = std::min(hi, (first_block + (split + 1) * per_split) * kBlockKeys);
+      const int64_t k_begin = std::max(lo, (first_block + split * per_split) * block_keys);
+      const int64_t k_end = std::min(hi, (first_block + (split + 1) * per_split) * block_keys);
       float* acc = splits > 1 ? part_base + idx * part_floats : sc.acc;
       float* m = splits > 1 ? acc + tile_rows * D : sc.m;
       float* l = splits > 1 ? m + tile_rows : sc.l;
@@ -417,7 +432,7 @@ void run_attention_cpu(const AttentionProblem& p) {
   // Merge the splits on this thread (there are few tiles when splitting pays):
   // with M = max_s m_s, out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
   thread_local Scratch sc;
-  sc.reserve(tile_rows, kBlockKeys, D);
+  sc.reserve(tile_rows, block_keys, D);
   for (int64_t tile_idx = 0; tile_idx < num_tiles; ++tile_idx) {
     const Tile t = tile_at(tile_idx);
     for (int64_t r = 0; r < t.rows; ++r) {
