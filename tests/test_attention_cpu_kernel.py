@@ -13,7 +13,8 @@ The kernel picks, per call, things a plain shape sweep may never reach:
   causal, window and padding), head dims that are not multiples of 16 (scalar
   loops), 64-column register blocks with a 16..48-column rest, one-row tiles (MHA
   decode: two accumulator sets, even and odd keys);
-- other block sizes through FASTXF_CPU_ATTENTION_BLOCKS=rows,keys;
+- 512-key blocks for BLAS tiles without causality or window, other block sizes
+  through FASTXF_CPU_ATTENTION_BLOCKS=rows,keys;
 - padding at the ends of a sequence taken as a key range, the mask read per key
   only for sequences with holes;
 - causal / window blocks multiplied in 32-row bands over the keys each band
@@ -91,6 +92,8 @@ TILE_CASES = [
     (2, 2, 2, 1, 300, 128, {"padded": True}),  # one-row tiles over two key blocks with holes
     (1, 1, 1, 130, 130, 32, {"causal": True}),  # 128-row causal tile: banded sgemm; a 2-row rest
     (1, 1, 1, 150, 150, 32, {"causal": True, "padded": True}),  # 22-row rest tile (never banded), holes
+    (1, 2, 1, 20, 1100, 64, {"padded": True}),  # non-causal BLAS tile: 512-key blocks (512, 512, 76)
+    (1, 2, 1, 20, 600, 64, {"window": 450}),  # a window: 256-key blocks
 ]
 
 
