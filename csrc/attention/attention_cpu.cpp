@@ -372,7 +372,11 @@ void run_attention_cpu(const AttentionProblem& p) {
 
   const int64_t D = p.head_dim;
   const int64_t rows_per_head = a.group * p.q_len;
-  const auto [block_rows, block_keys] = choose_blocks(p);
+  const auto [block_rows, max_block_keys] = choose_blocks(p);
+  // No wider than the keys (rounded to whole vectors): the block width is also
+  // the row stride of the score scratch, and 16 keys at a 256-float stride
+  // would spread a tile's scores over 16 times the cache lines.
+  const int64_t block_keys = std::min(max_block_keys, (p.k_len + 15) / 16 * 16);
   const int64_t row_blocks = (rows_per_head + block_rows - 1) / block_rows;
   const int64_t tile_rows = std::min(block_rows, rows_per_head);
   const int64_t num_tiles = p.batch * p.kv_heads * row_blocks;
