@@ -9,11 +9,18 @@ The kernel picks, per call, things a plain shape sweep may never reach:
 - per tile: vectorised loops (fewer than 8 rows = query heads of a group x query
   positions) or BLAS (fp32 sgemm, or the fp16 / bf16 GEMMs); FASTXF_CPU_ATTENTION_BLAS=0
   runs the loops on every tile;
-- tiles of up to 128 rows, key blocks of 256 (block skipping for causal, window
-  and padding), head dims that are not multiples of 16 (scalar loops), 64-column
-  register blocks with a 16..48-column rest;
+- tiles of up to 128 rows, key blocks of 256 (block skipping and trimming for
+  causal, window and padding), head dims that are not multiples of 16 (scalar
+  loops), 64-column register blocks with a 16..48-column rest, one-row tiles (MHA
+  decode: two accumulator sets, even and odd keys);
+- 512-key blocks for BLAS tiles without causality or window, other block sizes
+  through FASTXF_CPU_ATTENTION_BLOCKS=rows,keys;
+- padding at the ends of a sequence taken as a key range, the mask read per key
+  only for sequences with holes;
+- causal / window blocks multiplied in 32-row bands over the keys each band
+  sees (fp32 sgemm), when that drops at least a quarter of the block;
 - split-KV when there are fewer tiles than threads and at least 1024 keys, and a
-  single thread for problems under 1.5 MFLOP;
+  single thread for problems under 1.5 MFLOP that read under 1 MiB of K / V;
 - K / V read in place (any row stride) or staged for BLAS (row stride < D).
 """
 
@@ -81,6 +88,12 @@ TILE_CASES = [
     (1, 1, 1, 3, 17, 8, {"softcap": 5.0}),  # tiny D, softcap
     (2, 4, 2, 3, 100, 64, {"alibi_slopes": torch.tensor([0.5, 0.25, 0.125, 0.0625])}),
     (1, 2, 2, 520, 520, 64, {"causal": True, "window": 100}),  # whole key blocks skipped on both sides
+    (1, 3, 3, 1, 37, 80, {}),  # MHA decode: one-row tiles, odd key count, 64 + 16 columns
+    (2, 2, 2, 1, 300, 128, {"padded": True}),  # one-row tiles over two key blocks with holes
+    (1, 1, 1, 130, 130, 32, {"causal": True}),  # 128-row causal tile: banded sgemm; a 2-row rest
+    (1, 1, 1, 150, 150, 32, {"causal": True, "padded": True}),  # 22-row rest tile (never banded), holes
+    (1, 2, 1, 20, 1100, 64, {"padded": True}),  # non-causal BLAS tile: 512-key blocks (512, 512, 76)
+    (1, 2, 1, 20, 600, 64, {"window": 450}),  # a window: 256-key blocks
 ]
 
 
@@ -94,6 +107,75 @@ def test_tiles_every_isa_and_path(monkeypatch, threads, isa, blas, dtype):
     monkeypatch.setenv("FASTXF_CPU_ATTENTION_BLAS", blas)
     threads(2)
     run_cases(dtype, TILE_CASES)
+
+
+def _mask(B, Sk, kind):
+    m = torch.ones(B, Sk, dtype=torch.bool)
+    if kind == "left":
+        m[:, : Sk // 3] = False
+    elif kind == "right":
+        for b in range(B):
+            m[b, Sk - b * Sk // (2 * B) - 1 :] = False
+    elif kind == "both":
+        m[:, :5] = False
+        m[0, -40:] = False
+    elif kind == "holes":
+        m[0, 3] = False
+        m[-1, Sk // 2 :: 5] = False
+    elif kind == "empty":  # one sequence sees nothing, another one key
+        m[0] = False
+        m[-1, :-1] = False
+    return m
+
+
+# Key padding at the ends of a sequence becomes a key range: left / right /
+# both ends, holes (the mask read per key), a sequence with no key at all.
+@pytest.mark.parametrize("kind", ["left", "right", "both", "holes", "empty"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_padding_ranges(threads, nthreads, dtype, kind):
+    threads(nthreads)
+    for B, Hq, Hkv, Sq, Sk, D, kw in [
+        (3, 2, 2, 1, 300, 64, {}),  # one-row tiles
+        (3, 4, 2, 70, 300, 64, {}),  # 140 rows: a 128-row BLAS tile and a 12-row one
+        (3, 2, 2, 97, 300, 64, {"causal": True}),
+        (3, 2, 2, 50, 300, 64, {"causal": True, "window": 30}),
+    ]:
+        q, k, v = make_qkv(B, Hq, Hkv, Sq, Sk, D, dtype, "cpu")
+        kw = dict(kw, key_padding_mask=_mask(B, Sk, kind))
+        out = fastxf.ops.attention(q, k, v, **kw)
+        assert_matches(out, q, k, v, **kw)
+        if kind == "empty":
+            assert (out[0] == 0).all()
+
+
+# Other block sizes: 32-row tiles with 16-key blocks (many trimmed and skipped
+# blocks, one band per tile), 64 x 48, and 256-row tiles over 512-key blocks
+# (8 bands per causal block).
+@pytest.mark.parametrize(
+    "blocks,dtype", [(b, torch.float32) for b in ("32,16", "64,48", "256,512")] + [("32,16", torch.bfloat16)]
+)
+def test_block_sizes(monkeypatch, threads, blocks, dtype):
+    monkeypatch.setenv("FASTXF_CPU_ATTENTION_BLOCKS", blocks)
+    threads(2)
+    run_cases(dtype, TILE_CASES)
+
+
+@pytest.mark.parametrize("bad", ["128", "48,256", "512,256", "128,100", "x,y"])
+def test_bad_block_sizes_are_an_error(monkeypatch, bad):
+    monkeypatch.setenv("FASTXF_CPU_ATTENTION_BLOCKS", bad)
+    q, k, v = make_qkv(1, 1, 1, 1, 4, 16, torch.float32, "cpu")
+    with pytest.raises(RuntimeError, match="FASTXF_CPU_ATTENTION_BLOCKS"):
+        fastxf.ops.attention(q, k, v)
+
+
+# The serial path: MHA decode over 255 keys of fp32 D 64 reads just under 1 MiB
+# of K / V (one thread), 257 keys just over (the pool); under 1.5 MFLOP either way.
+@pytest.mark.parametrize("Sk", [255, 257])
+@pytest.mark.parametrize("nthreads", [1, 2])
+def test_serial_threshold(threads, nthreads, Sk):
+    threads(nthreads)
+    run_cases(torch.float32, [(1, 8, 8, 1, Sk, 64, {}), (2, 8, 8, 1, Sk, 64, {"padded": True})])
 
 
 # Split-KV: one tile (B = Hkv = 1) and 2 threads split from 1024 keys on; 3 tiles

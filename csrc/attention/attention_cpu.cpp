@@ -1,21 +1,25 @@
 // CPU implementation of fastxf::attention.
 //
 // Algorithm (the same as the CUDA kernels, with CPU-sized tiles): work is split
-// into tiles of up to kBlockRows query rows of one (batch, kv head). For
-// grouped-query attention the rows of a tile are the (query head of the group,
+// into tiles of up to kBlockRows (see choose_blocks) query rows of one (batch,
+// kv head). For grouped-query attention the rows of a tile are the (query head of the group,
 // query position) pairs, so every K/V block is read once for all query heads
 // that share it. Each tile streams K/V in blocks of kBlockKeys keys with an
 // online softmax (running max m and sum l per row, the accumulator rescaled by
 // e^(m_old - m_new)), skipping key blocks that no row of the tile can see
-// (causal, sliding window, padding). When there are too few tiles to keep every
-// thread busy and the key range is long (decode over a long cache), the keys are
-// also split (split-KV): each split produces a partial (acc, m, l) and a merge
-// combines them exactly.
+// (causal, sliding window, padding) and cutting the others to the keys its rows
+// see. Padding at the ends of a sequence is turned into a key range once per
+// call, like causality, so only masks with holes are read per key. Blocks whose
+// rows see different keys (causal diagonal, window edge) are multiplied in
+// bands of kBandRows rows, each over the keys it sees (fp32). When there are too
+// few tiles to keep every thread busy and the key range is long (decode over a
+// long cache), the keys are also split (split-KV): each split produces a partial
+// (acc, m, l) and a merge combines them exactly.
 //
 // What makes it fast on small problems is what it does not do: no ATen call,
 // tensor or heap allocation per tile (per-thread scratch is kept between calls),
 // a single parallel region, and no thread at all for problems too small to pay
-// for waking one. The two tile products (S = Q K^T, acc += P V) are
+// for waking one (in flops and in K / V bytes). The two tile products (S = Q K^T, acc += P V) are
 //   - for tiles of fewer than kBlasMinRows rows (decode: the query heads of a
 //     group x a few positions), vectorised loops in cpu/tile_kernel.inc that read
 //     K / V in place in their own dtype (a BLAS call would cost more than the work);
@@ -26,9 +30,10 @@
 //     bf16 K / V are widened to fp32 for sgemm; without any BLAS the loops do it all.
 // tile_kernel.inc is compiled three times (baseline x86-64, AVX2 + FMA, AVX-512)
 // and the best version for the running CPU is picked at run time, since this
-// file is compiled for baseline x86-64. Two environment variables exist for the
-// tests: FASTXF_CPU_ATTENTION_ISA=base|avx2|avx512 forces a version and
-// FASTXF_CPU_ATTENTION_BLAS=0 runs the loops on every tile.
+// file is compiled for baseline x86-64. Three environment variables exist for the
+// tests: FASTXF_CPU_ATTENTION_ISA=base|avx2|avx512 forces a version,
+// FASTXF_CPU_ATTENTION_BLAS=0 runs the loops on every tile and
+// FASTXF_CPU_ATTENTION_BLOCKS=rows,keys sets the tile sizes.
 //
 // Scores, the softmax state (m, l), the accumulator and the merge are fp32 for
 // every dtype; the output is rounded once at the end. With the fp16 / bf16 GEMMs
@@ -42,6 +47,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -74,15 +80,18 @@ namespace {
 // Tile sizes. Large tiles go through BLAS, whose per-call cost wants big
 // products, while 128-row / 256-key blocks still let causal and padding block
 // skipping drop most invisible work (the at::mm-based predecessor measured
-// 128 x 256 best among 64..256 x 128..512; the macros exist only to re-tune).
-#ifndef FASTXF_CPU_BLOCK_ROWS
-#define FASTXF_CPU_BLOCK_ROWS 128
-#define FASTXF_CPU_BLOCK_KEYS 256
-#endif
-constexpr int64_t kBlockRows = FASTXF_CPU_BLOCK_ROWS;
-constexpr int64_t kBlockKeys = FASTXF_CPU_BLOCK_KEYS;
+// 128 x 256 best among 64..256 x 128..512). choose_blocks() picks per problem;
+// kMaxBlockRows bounds what it may pick.
+constexpr int64_t kBlockRows = 128;
+constexpr int64_t kBlockKeys = 256;
+constexpr int64_t kMaxBlockRows = 256;
 // Tiles with fewer rows use the vectorised loops instead of BLAS.
 constexpr int64_t kBlasMinRows = 8;
+// Rows per band of a key block that the rows see differently (causal diagonal,
+// window edge): such blocks are multiplied band by band over the keys each band
+// sees. 32 rows keep the sgemm calls efficient while a 128-row causal block
+// computes 5/8 of its scores instead of all of them.
+constexpr int64_t kBandRows = 32;
 
 // Null when the BLAS lacks them.
 const auto blas_sgemm = &sgemm_;
@@ -137,6 +146,12 @@ struct TileArgs {
   int64_t batch, q_heads, kv_heads, group, q_len, k_len, head_dim;
   float scale, softcap;
   const bool* key_mask;  // (B, Sk) or null
+  // Per sequence b: its visible keys lie in [pad_range[2b], pad_range[2b + 1]) and
+  // holes[b] says whether some key in between is masked. Padding at either end
+  // thus becomes a key range like causality (whole blocks skipped, blocks cut to
+  // it, no per-key test); key_mask is read only for sequences with holes.
+  const int64_t* pad_range;  // (B, 2) or null (no mask)
+  const bool* holes;         // (B) or null
   const float* alibi;    // (B, Hq) or null
   bool use_blas;         // false with FASTXF_CPU_ATTENTION_BLAS=0 (tests run the loops on every tile)
 };
@@ -274,9 +289,37 @@ int64_t choose_num_splits(int64_t tiles, int64_t threads, int64_t k_len) {
   return best;
 }
 
-// Problems below this many flops run on the calling thread: waking the pool
-// costs more than the arithmetic.
+// Rows per tile and keys per block for a problem.
+// FASTXF_CPU_ATTENTION_BLOCKS=rows,keys overrides both (for re-tuning and for
+// the tests; rows a multiple of kBandRows up to kMaxBlockRows, keys a multiple of 16).
+std::pair<int64_t, int64_t> choose_blocks(const AttentionProblem& p) {
+  if (const char* env = std::getenv("FASTXF_CPU_ATTENTION_BLOCKS")) {
+    long rows = 0, keys = 0;
+    TORCH_CHECK(std::sscanf(env, "%ld,%ld", &rows, &keys) == 2 && rows > 0 && rows % kBandRows == 0 &&
+                    rows <= kMaxBlockRows && keys > 0 && keys % 16 == 0,
+                "FASTXF_CPU_ATTENTION_BLOCKS must be 'rows,keys' with rows a multiple of ", kBandRows, " up to ",
+                kMaxBlockRows, " and keys a multiple of 16, got '", env, "'");
+    return {rows, keys};
+  }
+  // Without causality or a window every row of a BLAS tile sees the same keys:
+  // no block skipping to lose, so 512-key blocks halve the online-softmax
+  // rescales and give sgemm wider products (measured 3-7% faster than 256 on
+  // 1024-key prefill and 256 / 512-token encoders, fp32, where 128 vs 256 rows
+  // made no clear difference). Decode tiles (loops) keep 256: their split-KV
+  // works on whole blocks.
+  const bool blas_tiles = p.q_heads / p.kv_heads * p.q_len >= kBlasMinRows;
+  if (blas_tiles && !p.causal && p.window <= 0) return {kBlockRows, 2 * kBlockKeys};
+  return {kBlockRows, kBlockKeys};
+}
+
+// Problems below this many flops that read less than this much K / V run on
+// the calling thread: waking the pool costs more than the arithmetic. The
+// bytes count because decode with few query heads per KV head is bound by
+// reading K / V, not by flops (MHA decode over 300 keys: 1.2 MFLOP but 2.4 MB
+// of fp32 K / V, twice as fast on two threads, each of which then reads half
+// from its own L2).
 constexpr double kSerialFlops = 1.5e6;
+constexpr double kSerialBytes = 1 << 20;
 
 template <typename T>
 void run_attention_cpu(const AttentionProblem& p) {
@@ -301,6 +344,26 @@ void run_attention_cpu(const AttentionProblem& p) {
   a.softcap = p.softcap;
   a.key_mask = p.key_mask.defined() ? p.key_mask.data_ptr<bool>() : nullptr;
   a.alibi = p.alibi.defined() ? p.alibi.data_ptr<float>() : nullptr;
+  a.pad_range = nullptr;
+  a.holes = nullptr;
+  if (a.key_mask) {
+    // One pass over the (B, Sk) mask on the calling thread; kept between calls.
+    thread_local std::vector<int64_t> pad_range;
+    thread_local std::vector<char> holes;
+    pad_range.resize(2 * p.batch);
+    holes.resize(p.batch);
+    for (int64_t b = 0; b < p.batch; ++b) {
+      const bool* mb = a.key_mask + b * p.k_len;
+      int64_t lo = 0, hi = p.k_len;
+      while (lo < hi && !mb[lo]) ++lo;
+      while (hi > lo && !mb[hi - 1]) --hi;
+      pad_range[2 * b] = lo;
+      pad_range[2 * b + 1] = hi;
+      holes[b] = std::find(mb + lo, mb + hi, false) != mb + hi;
+    }
+    a.pad_range = pad_range.data();
+    a.holes = reinterpret_cast<const bool*>(holes.data());
+  }
   const int32_t* q_offset = p.q_offset.defined() ? p.q_offset.data_ptr<int32_t>() : nullptr;
 
   const char* blas_env = std::getenv("FASTXF_CPU_ATTENTION_BLAS");
@@ -312,24 +375,32 @@ void run_attention_cpu(const AttentionProblem& p) {
 
   const int64_t D = p.head_dim;
   const int64_t rows_per_head = a.group * p.q_len;
-  const int64_t row_blocks = (rows_per_head + kBlockRows - 1) / kBlockRows;
-  const int64_t tile_rows = std::min(kBlockRows, rows_per_head);
+  const auto [block_rows, max_block_keys] = choose_blocks(p);
+  // No wider than the keys (rounded to whole vectors): the block width is also
+  // the row stride of the score scratch, and 16 keys at a 256-float stride
+  // would spread a tile's scores over 16 times the cache lines.
+  const int64_t block_keys = std::min(max_block_keys, (p.k_len + 15) / 16 * 16);
+  const int64_t row_blocks = (rows_per_head + block_rows - 1) / block_rows;
+  const int64_t tile_rows = std::min(block_rows, rows_per_head);
   const int64_t num_tiles = p.batch * p.kv_heads * row_blocks;
   auto tile_at = [&](int64_t idx) {
     const int64_t rb = idx % row_blocks, bh = idx / row_blocks;
-    const int64_t b = bh / p.kv_heads, row0 = rb * kBlockRows;
+    const int64_t b = bh / p.kv_heads, row0 = rb * block_rows;
     const int64_t q_pos0 = q_offset ? q_offset[b] : p.k_len - p.q_len;
-    return Tile{b, bh % p.kv_heads, row0, std::min(kBlockRows, rows_per_head - row0), q_pos0};
+    return Tile{b, bh % p.kv_heads, row0, std::min(block_rows, rows_per_head - row0), q_pos0};
   };
-  // Visible key range [lo, hi) of every row from causal / window alone (padding
-  // is applied per key) into sc.lo / sc.hi; returns the union over the rows.
+  // Visible key range [lo, hi) of every row from causal / window and the
+  // sequence's padding range (holes are applied per key) into sc.lo / sc.hi;
+  // returns the union over the rows.
   auto row_ranges = [&](const Tile& t, Scratch& sc) {
     int64_t lo_all = p.k_len, hi_all = 0;
+    const int64_t pad_lo = a.pad_range ? a.pad_range[2 * t.b] : 0;
+    const int64_t pad_hi = a.pad_range ? a.pad_range[2 * t.b + 1] : p.k_len;
     for (int64_t r = 0; r < t.rows; ++r) {
       const int64_t pos = t.q_pos0 + (t.row0 + r) % p.q_len;
-      int64_t lo = 0, hi = p.k_len;
-      if (p.causal) hi = std::clamp<int64_t>(pos + 1, 0, p.k_len);
-      if (p.window > 0) lo = std::clamp<int64_t>(pos - p.window + 1, 0, p.k_len);
+      int64_t lo = pad_lo, hi = pad_hi;
+      if (p.causal) hi = std::clamp<int64_t>(pos + 1, 0, hi);
+      if (p.window > 0) lo = std::clamp<int64_t>(pos - p.window + 1, lo, p.k_len);
       sc.lo[r] = lo;
       sc.hi[r] = hi;
       if (lo < hi) {
@@ -341,7 +412,8 @@ void run_attention_cpu(const AttentionProblem& p) {
   };
 
   const double flops = 4.0 * p.batch * p.q_heads * p.q_len * p.k_len * D;
-  const int64_t threads = flops < kSerialFlops ? 1 : at::get_num_threads();
+  const double kv_bytes = 2.0 * p.batch * p.kv_heads * p.k_len * D * sizeof(T);
+  const int64_t threads = flops < kSerialFlops && kv_bytes < kSerialBytes ? 1 : at::get_num_threads();
   const int64_t splits = choose_num_splits(num_tiles, threads, p.k_len);
   const int64_t units = num_tiles * splits;
   const int64_t part_floats = tile_rows * (D + 2);
@@ -355,16 +427,16 @@ void run_attention_cpu(const AttentionProblem& p) {
 
   auto work = [&](int64_t begin, int64_t end) {
     thread_local Scratch sc;
-    sc.reserve(tile_rows, kBlockKeys, D);
+    sc.reserve(tile_rows, block_keys, D);
     for (int64_t idx = begin; idx < end; ++idx) {
       const int64_t tile_idx = idx / splits, split = idx % splits;
       const Tile t = tile_at(tile_idx);
       auto [lo, hi] = row_ranges(t, sc);
       // Split boundaries on whole key blocks of the visible range.
-      const int64_t first_block = lo / kBlockKeys, blocks = (hi + kBlockKeys - 1) / kBlockKeys - first_block;
+      const int64_t first_block = lo / block_keys, blocks = (hi + block_keys - 1) / block_keys - first_block;
       const int64_t per_split = (blocks + splits - 1) / splits;
-      const int64_t k_begin = std::max(lo, (first_block + split * per_split) * kBlockKeys);
-      const int64_t k_end = std::min(hi, (first_block + (split + 1) * per_split) * kBlockKeys);
+      const int64_t k_begin = std::max(lo, (first_block + split * per_split) * block_keys);
+      const int64_t k_end = std::min(hi, (first_block + (split + 1) * per_split) * block_keys);
       float* acc = splits > 1 ? part_base + idx * part_floats : sc.acc;
       float* m = splits > 1 ? acc + tile_rows * D : sc.m;
       float* l = splits > 1 ? m + tile_rows : sc.l;
@@ -380,7 +452,7 @@ void run_attention_cpu(const AttentionProblem& p) {
   // Merge the splits on this thread (there are few tiles when splitting pays):
   // with M = max_s m_s, out = sum_s e^(m_s - M) acc_s / sum_s e^(m_s - M) l_s.
   thread_local Scratch sc;
-  sc.reserve(tile_rows, kBlockKeys, D);
+  sc.reserve(tile_rows, block_keys, D);
   for (int64_t tile_idx = 0; tile_idx < num_tiles; ++tile_idx) {
     const Tile t = tile_at(tile_idx);
     for (int64_t r = 0; r < t.rows; ++r) {
