@@ -240,7 +240,7 @@ def render(doc: dict) -> str:
     load_s = "unknown" if None in load else f"{load[0]:.1f} before / {load[1]:.1f} after"
     impls = [i for i in ALL_IMPLS if any(r["impl"] == i for r in doc["rows"])]
     lines = [
-        f"{doc['device']}, {doc['threads']} threads, fp32, torch {doc['torch']}, transformers "
+        f"{doc['device']}, fp32, torch {doc['torch']}, transformers "
         f"{doc.get('transformers', '?')}, commit {doc['commit'][:10]}; load average {load_s}; best of interleaved "
         "rounds; speed-up = HF time / fastxf time." + (" " + "; ".join(doc["notes"]) + "." if doc.get("notes") else ""),
         "",

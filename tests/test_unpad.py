@@ -14,11 +14,12 @@ import torch
 
 import fastxf
 from fastxf.models import attention as fx_attention
+from fastxf.models import unpad as fx_unpad
 from fastxf.models.supported import ARCHS, build
 
 REL_TOL = 1e-4
 ENCODERS = {a.model_type: a for a in ARCHS if a.model_type in ("bert", "roberta", "xlm-roberta", "electra", "distilbert")}
-BART = next(a for a in ARCHS if a.model_type == "bart")
+SEQ2SEQ = {a.model_type: a for a in ARCHS if a.model_type in ("bart", "mbart")}
 
 
 def rel_err(a, b):
@@ -79,8 +80,66 @@ def test_encoder_matches_eager_at_real_positions(model_type, kind):
     assert calls["unpadded"] == 1 and calls["tokens skipped"] == int((mask == 0).sum())
 
 
-def test_bart_encoder_unpadded_and_decoder_unchanged():
-    ref, fx = pair(BART)
+def encoder_layers(model):
+    """The encoder layer stack the unpad hooks sit on."""
+    (stack,) = [layers for _, layers in fx_unpad.find_encoder_stacks(model)[0]]
+    return stack
+
+
+def record_masks(layers):
+    """What every layer's attention gets as its mask, seen after fastxf's own pre-hooks."""
+    seen = []
+
+    def hook(layer, args, kwargs):
+        seen.append(args[1] if len(args) > 1 else kwargs.get("attention_mask"))
+
+    return seen, [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
+
+
+@pytest.mark.parametrize("model_type", list(ENCODERS) + ["bart", "mbart"])
+def test_batch_without_padding_drops_the_key_padding(model_type):
+    # Nothing to gather: the padded path, with the all-True key padding mask
+    # replaced by none (the kernel then skips the per-key mask reads), same outputs.
+    arch = SEQ2SEQ.get(model_type) or ENCODERS[model_type]
+    ref, fx = pair(arch)
+    ids = torch.randint(4, 128, (3, 11), generator=torch.Generator().manual_seed(10))
+    full = torch.ones_like(ids)
+    kwargs = dict(decoder_input_ids=ids[:, :4]) if model_type in SEQ2SEQ else {}
+    layers = encoder_layers(fx)
+    seen, handles = record_masks(layers)
+    before = counts()
+    with torch.no_grad():
+        got = fx(input_ids=ids, attention_mask=full, **kwargs)
+        want = ref(input_ids=ids, attention_mask=full, **kwargs)
+    for h in handles:
+        h.remove()
+    assert counts()[0] == before[0]  # not on the varlen op
+    assert len(seen) == len(layers)
+    assert all(isinstance(m, fx_attention.FastxfMask) and m.key_padding is None for m in seen)
+    assert len({id(m) for m in seen}) == 1  # one mask object for the whole stack
+    if model_type in SEQ2SEQ:
+        assert rel_err(got.encoder_last_hidden_state, want.encoder_last_hidden_state) < REL_TOL
+        assert rel_err(got.logits, want.logits) < REL_TOL
+    else:
+        assert rel_err(got.last_hidden_state, want.last_hidden_state) < REL_TOL
+    (calls,) = fastxf.explain(fx)["unpad"]["calls"].values()
+    assert calls == {"padded: no padding in the batch": 1}
+    # The next, padded, batch still unpads (no state left over from the unpadded one).
+    ids2, mask2 = padded_batch("right", torch.Generator().manual_seed(11))
+    kwargs2 = dict(decoder_input_ids=ids2[:, :4]) if model_type in SEQ2SEQ else {}
+    with torch.no_grad():
+        got = fx(input_ids=ids2, attention_mask=mask2, **kwargs2)
+        want = ref(input_ids=ids2, attention_mask=mask2, **kwargs2)
+    keep = mask2.bool()
+    name = "encoder_last_hidden_state" if model_type in SEQ2SEQ else "last_hidden_state"
+    assert rel_err(getattr(got, name)[keep], getattr(want, name)[keep]) < REL_TOL
+    assert counts()[0] == before[0] + len(layers)
+    assert fastxf.explain(fx)["unpad"]["calls"][fastxf.explain(fx)["unpad"]["encoders"][0]]["unpadded"] == 1
+
+
+@pytest.mark.parametrize("model_type", ["bart", "mbart"])
+def test_seq2seq_encoder_unpadded_and_decoder_unchanged(model_type):
+    ref, fx = pair(SEQ2SEQ[model_type])
     ids, mask = padded_batch("right", torch.Generator().manual_seed(2))
     dec = torch.randint(4, 128, (4, 5))
     with torch.no_grad():
