@@ -23,9 +23,11 @@ the first timed round's outputs are checked again on the whole batch (against
 sdpa where eager does not run).
 
 Budget. One forward of BERT-large over 128 sentences of up to 512 tokens is
-minutes on 2 cores, so the default run is sized to ~12 minutes on an idle
-2-core machine: every case gets one round, more only while --budget seconds
-(per case) allow, at most --max-rounds; eager runs at batch 32 only
+minutes on 2 cores, so the default run is sized to ~10 minutes on an idle
+2-core machine (estimated from its fp32 matmul rate, ~100 GFLOP/s a core): an
+untimed whole-batch warm-up, then one round per case, more only while --budget
+seconds (per case) allow, at most --max-rounds, starting each round with a
+different implementation; eager runs at batch 32 only
 (--eager-batches); BERT-large runs batch 32 only unless --full. The JSON records
 the rounds each row got and what the run left out. --quick is a development run
 (2-layer BERT configs, lengths 16..128, batches 8 and 32, a few seconds per case).
@@ -140,12 +142,18 @@ def bench_case(model, name, ids, mask, impls, budget_s, max_rounds):
             switch(model, impl)
             small[impl] = forward(model, ids[:4], mask[:4])
         check(name + " (warm-up slice)", small, keep[:4])
+        # One untimed forward of the whole batch (fastxf's, the cheapest): the first
+        # forward at a new size faults in fresh pages for its activations, which
+        # would otherwise be charged to whichever implementation runs first, in
+        # cases that get a single round.
+        switch(model, "fastxf")
+        forward(model, ids, mask)
         best = {impl: float("inf") for impl in impls}
         rounds, start = 0, time.perf_counter()
         while rounds < max_rounds:
             first = {}
             t_round = time.perf_counter()
-            for impl in impls:
+            for impl in impls[rounds % len(impls):] + impls[: rounds % len(impls)]:  # a different one first each round
                 switch(model, impl)
                 t0 = time.perf_counter()
                 out = forward(model, ids, mask)
