@@ -9,6 +9,8 @@ and differ only in summation order.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -332,3 +334,46 @@ def test_all_minilm_l6_v2_real_weights_unpadded():
     a, b = embed(fx), embed(hf)
     assert counts()[0] == before[0] + 6  # 6 layers, all on the varlen op
     assert (a - b).abs().max().item() < 1e-5
+
+
+# --------------------------------------------------------------------- the benchmark script
+
+
+def _bench_module():
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("bench_encoders", os.path.join(root, "benchmarks", "bench_encoders.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, root
+
+
+def test_bench_encoders_plan_render_and_readme_markers(tmp_path):
+    # The benchmark itself takes minutes; its plan, table and README plumbing are checked here.
+    bench, root = _bench_module()
+    args = bench.argparse.Namespace(models=list(bench.MODELS), batches=[32, 128], impls=list(bench.IMPLS),
+                                    eager_batches=[32], unpadded_len=256, full=False, quick=False)
+    cases, notes = bench.plan(args)
+    assert ("bert-large", 128, True, ["fastxf", "sdpa"]) not in cases and any("--full" in n for n in notes)
+    assert ("bert-base", 128, True, ["fastxf", "sdpa"]) in cases  # eager at batch 32 only
+    assert ("minilm", 32, False, ["fastxf", "sdpa", "eager"]) in cases  # the batch without padding
+    args.full = True
+    assert ("bert-large", 128, True, ["fastxf", "sdpa"]) in bench.plan(args)[0]
+
+    rows = [dict(model="bert-base", layers=12, batch=32, lengths="U[16, 512]", padded_to=509, fill=0.52, impl=i,
+                 ms=ms, sentences_per_s=32 / ms * 1e3, ratio_vs_sdpa=round(2000 / ms, 3), rounds=2)
+            for i, ms in (("fastxf", 1000.0), ("sdpa", 2000.0), ("eager", 2500.0))]
+    doc = dict(device="cpu (2 threads)", threads=2, torch="x", transformers="y", commit="abc", load_avg=[0.1, 0.2],
+               notes=notes, rows=rows)
+    table = bench.render(doc)
+    assert "| bert-base | 32 | U[16, 512] | 509 | 0.52 | 32.00 | 16.00 | 12.80 | 2.00x | 2.50x | 2 |" in table
+    readme = tmp_path / "README.md"
+    with open(os.path.join(root, "README.md")) as f:
+        text = f.read()
+    assert bench.README_BEGIN in text and bench.README_END in text  # the markers --write-readme needs
+    readme.write_text(text)
+    bench.write_readme(table, str(readme))
+    new = readme.read_text()
+    assert table in new and new.count(bench.README_BEGIN) == 1 and new.count(bench.README_END) == 1
+    assert new.split(bench.README_BEGIN)[0] == text.split(bench.README_BEGIN)[0]  # nothing outside the markers moved
