@@ -32,6 +32,12 @@ different implementation; eager runs at batch 32 only
 the rounds each row got and what the run left out. --quick is a development run
 (2-layer BERT configs, lengths 16..128, batches 8 and 32, a few seconds per case).
 
+JSON: device (CPU model, threads), torch / transformers versions, commit, load
+average before / after, notes (what the run left out), and one row per (model,
+batch, implementation): lengths, padded_to, fill (real tokens / padded
+tokens), ms (best round), sentences_per_s, ratio_vs_sdpa (sdpa's time / this
+implementation's: > 1 is faster than sdpa), rounds.
+
     PYTHONPATH=python python benchmarks/bench_encoders.py --out benchmarks/results/encoders.json
     python benchmarks/bench_encoders.py --quick
     python benchmarks/bench_encoders.py --render benchmarks/results/encoders.json --write-readme
