@@ -357,9 +357,11 @@ def test_bench_encoders_plan_render_and_readme_markers(tmp_path):
     cases, notes = bench.plan(args)
     assert ("bert-large", 128, True, ["fastxf", "sdpa"]) not in cases and any("--full" in n for n in notes)
     assert ("bert-base", 128, True, ["fastxf", "sdpa"]) in cases  # eager at batch 32 only
-    assert ("minilm", 32, False, ["fastxf", "sdpa", "eager"]) in cases  # the batch without padding
+    assert ("minilm", 32, False, ["fastxf", "sdpa"]) in cases  # the batch without padding: parity with sdpa
+    assert ("bert-large", 32, True, ["fastxf", "sdpa"]) in cases  # BERT-large's eager only with --full
     args.full = True
     assert ("bert-large", 128, True, ["fastxf", "sdpa"]) in bench.plan(args)[0]
+    assert ("bert-large", 32, True, ["fastxf", "sdpa", "eager"]) in bench.plan(args)[0]
 
     rows = [dict(model="bert-base", layers=12, batch=32, lengths="U[16, 512]", padded_to=509, fill=0.52, impl=i,
                  ms=ms, sentences_per_s=32 / ms * 1e3, ratio_vs_sdpa=round(2000 / ms, 3), rounds=2)
