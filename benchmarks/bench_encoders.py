@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     p.add_argument("--unpadded-len", type=int, default=256, help="length of the batch without padding (0: none)")
     p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, from {', '.join(ALL_IMPLS)}")
     p.add_argument("--eager-batches", default="32", help="batch sizes that also run eager")
-    p.add_argument("--budget", type=float, default=25.0, help="seconds per case for rounds after the first")
+    p.add_argument("--budget", type=float, default=10.0, help="seconds per case for rounds after the first")
     p.add_argument("--max-rounds", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--full", action="store_true", help="also BERT-large at batches above 32")
