@@ -28,7 +28,8 @@ Two things live here:
    no real token, the model is in training mode, hidden states or attentions
    are being collected (output_hidden_states / output_attentions), the mask is
    not a plain bidirectional padding mask, torch.compile is tracing (gathering
-   has a data-dependent size), or the device has no varlen kernel (CUDA, for now).
+   has a data-dependent size), or the device has no varlen kernel for the dtype
+   (CUDA: float16 / bfloat16 only).
 
    On a batch without padding the all-True key padding mask is dropped (every
    layer gets the same FastxfMask with key_padding=None), as HF's sdpa path
