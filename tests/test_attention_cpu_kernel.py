@@ -13,7 +13,8 @@ The kernel picks, per call, things a plain shape sweep may never reach:
   causal, window and padding), head dims that are not multiples of 16 (scalar
   loops), 64-column register blocks with a 16..48-column rest, one-row tiles (MHA
   decode: two accumulator sets, even and odd keys);
-- 512-key blocks for BLAS tiles without causality or window, other block sizes
+- 512-key blocks for BLAS tiles without causality or window (one 1024-key
+  block up to 1024 keys with >= 2 tiles per thread), other block sizes
   through FASTXF_CPU_ATTENTION_BLOCKS=rows,keys;
 - padding at the ends of a sequence taken as a key range, the mask read per key
   only for sequences with holes;
@@ -93,6 +94,8 @@ TILE_CASES = [
     (1, 1, 1, 130, 130, 32, {"causal": True}),  # 128-row causal tile: banded sgemm; a 2-row rest
     (1, 1, 1, 150, 150, 32, {"causal": True, "padded": True}),  # 22-row rest tile (never banded), holes
     (1, 2, 1, 20, 1100, 64, {"padded": True}),  # non-causal BLAS tile: 512-key blocks (512, 512, 76)
+    (4, 2, 2, 20, 1025, 64, {}),  # 8 tiles, just past 1024 keys: 512-key blocks (512, 512, 1)
+    (4, 2, 2, 20, 1024, 64, {"padded": True}),  # 8 tiles (>= 2 per thread) up to 1024 keys: one block
     (1, 2, 1, 20, 600, 64, {"window": 450}),  # a window: 256-key blocks
 ]
 
