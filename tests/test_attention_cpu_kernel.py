@@ -55,6 +55,14 @@ if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= _FLAGS and "avx2" in ISAS:
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
+@pytest.fixture(autouse=True)
+def generic_half_tiles(monkeypatch):
+    """This file tests the generic tile code; on AMX-BF16 CPUs bf16 tiles of 64+
+    rows would otherwise take the packed brgemm path, which has its own tests
+    (tests/test_attention_cpu_half.py, run both with and without it)."""
+    monkeypatch.setenv("FASTXF_CPU_ATTENTION_BRGEMM", "0")
+
+
 @pytest.fixture
 def threads():
     """Sets torch's thread count for one test and restores it."""
