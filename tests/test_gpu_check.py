@@ -270,11 +270,15 @@ def test_variants_reach_every_decode_instantiation_under_the_emulator():
     # Decode only: its launches are tiny under the emulator (the same shapes as
     # tests/test_emulated_attention.py's coverage test); prefill and norm dispatch on
     # dtype and size alone, which EXPECTED mirrors from that test.
+    import fastxf
     import fastxf.testing
 
     if not fastxf.testing.emulator_available():
         pytest.skip("fastxf._emu not built (FASTXF_EMULATOR=ON)")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "python")] + sys.path))
+    # The script must import the fastxf this test imported (in CI: the installed
+    # wheel, whose python/fastxf source twin has no compiled _C next to it).
+    installed = os.path.dirname(os.path.dirname(os.path.abspath(fastxf.__file__)))  # the dir holding fastxf/
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([installed, ROOT] + sys.path))
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "kernel_variants.py"), "--device", "emulate",
                            "--only", "decode", "--minimal"], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
