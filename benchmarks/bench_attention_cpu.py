@@ -29,6 +29,10 @@ import time
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from benchmarks.common import add_render_arguments, render_results  # noqa: E402  (puts this checkout's fastxf first)
+
 # (kind, B, Hq, Hkv, Sq, Sk, D, causal, padded). padded True: the first sequence
 # of the batch has its first quarter of keys masked out (left padding); "varlen":
 # right padding with sequence lengths spread evenly from Sk down to about Sk / 2
@@ -211,15 +215,6 @@ def render(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(table: str, path: str) -> None:
-    with open(path) as f:
-        text = f.read()
-    start = text.index(README_BEGIN) + len(README_BEGIN)
-    end = text.index(README_END)
-    with open(path, "w") as f:
-        f.write(text[:start] + "\n" + table + "\n" + text[end:])
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
@@ -229,15 +224,10 @@ def main(argv=None) -> int:
     ap.add_argument("--only", metavar="REGEX",
                     help="run only the rows whose 'kind shape mask dtype' matches (e.g. 'decode 1, 8/8')")
     ap.add_argument("--out", help="write the results JSON here")
-    ap.add_argument("--render", metavar="JSON", help="print the Markdown table of a results JSON (no benchmark)")
-    ap.add_argument("--write-readme", action="store_true", help="with --render: put the table into README.md")
+    add_render_arguments(ap)
     args = ap.parse_args(argv)
     if args.render:
-        with open(args.render) as f:
-            table = render(json.load(f))
-        print(table)
-        if args.write_readme:
-            write_readme(table, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md"))
+        render_results(args, render, README_BEGIN, README_END)
         return 0
     doc = run(args)
     if args.out:

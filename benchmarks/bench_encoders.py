@@ -57,7 +57,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.common import device_name, git_commit  # noqa: E402  (puts this checkout's fastxf first)
+from benchmarks.common import add_render_arguments, device_name, git_commit, render_results, write_readme_block  # noqa: E402  (puts this checkout's fastxf first)
 
 CONFIGS = {
     # google-bert/bert-base-uncased and bert-large-uncased config.json
@@ -285,15 +285,6 @@ def render(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def write_readme(table: str, path: str) -> None:
-    with open(path) as f:
-        text = f.read()
-    start = text.index(README_BEGIN) + len(README_BEGIN)
-    end = text.index(README_END)
-    with open(path, "w") as f:
-        f.write(text[:start] + "\n" + table + "\n" + text[end:])
-
-
 def _ints(text):
     return [int(x) for x in text.split(",") if x]
 
@@ -313,15 +304,10 @@ def main(argv=None) -> int:
     p.add_argument("--full", action="store_true", help="also BERT-large at batches above 32")
     p.add_argument("--quick", action="store_true", help="development run: 2-layer BERTs, lengths 16..128, batches 8,32")
     p.add_argument("--out", default=None, help="write the results JSON here")
-    p.add_argument("--render", metavar="JSON", help="print the Markdown table of a results JSON (no benchmark)")
-    p.add_argument("--write-readme", action="store_true", help="with --render: put the table into README.md")
+    add_render_arguments(p)
     args = p.parse_args(argv)
     if args.render:
-        with open(args.render) as f:
-            table = render(json.load(f))
-        print(table)
-        if args.write_readme:
-            write_readme(table, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md"))
+        render_results(args, render, README_BEGIN, README_END)
         return 0
     if args.quick:
         args.batches, args.max_len, args.unpadded_len, args.eager_batches = "8,32", 128, 64, "8,32"

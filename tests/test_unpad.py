@@ -375,7 +375,7 @@ def test_bench_encoders_plan_render_and_readme_markers(tmp_path):
         text = f.read()
     assert bench.README_BEGIN in text and bench.README_END in text  # the markers --write-readme needs
     readme.write_text(text)
-    bench.write_readme(table, str(readme))
+    bench.write_readme_block(table, bench.README_BEGIN, bench.README_END, str(readme))
     new = readme.read_text()
     assert table in new and new.count(bench.README_BEGIN) == 1 and new.count(bench.README_END) == 1
     assert new.split(bench.README_BEGIN)[0] == text.split(bench.README_BEGIN)[0]  # nothing outside the markers moved
