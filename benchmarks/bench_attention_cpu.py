@@ -18,7 +18,6 @@ each other before timing.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import re
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.common import add_render_arguments, render_results  # noqa: E402  (puts this checkout's fastxf first)
+from benchmarks.common import add_render_arguments, render_results, save_json  # noqa: E402  (puts this checkout's fastxf first)
 
 # (kind, B, Hq, Hkv, Sq, Sk, D, causal, padded). padded True: the first sequence
 # of the batch has its first quarter of keys masked out (left padding); "varlen":
@@ -231,10 +230,7 @@ def main(argv=None) -> int:
         return 0
     doc = run(args)
     if args.out:
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        print(f"wrote {args.out}")
+        save_json(doc, args.out)
     return 0
 
 

@@ -48,7 +48,6 @@ implementation's: > 1 is faster than sdpa), rounds.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -57,7 +56,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.common import add_render_arguments, device_name, git_commit, render_results, write_readme_block  # noqa: E402  (puts this checkout's fastxf first)
+from benchmarks.common import add_render_arguments, device_name, git_commit, render_results, save_json, write_readme_block  # noqa: E402  (puts this checkout's fastxf first)
 
 CONFIGS = {
     # google-bert/bert-base-uncased and bert-large-uncased config.json
@@ -332,11 +331,7 @@ def main(argv=None) -> int:
     doc = run(args)
     print(render(doc))
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            json.dump(doc, f, indent=1)
-            f.write("\n")
-        print(f"wrote {args.out}")
+        save_json(doc, args.out)
     return 0
 
 

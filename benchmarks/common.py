@@ -54,3 +54,14 @@ def render_results(args, render, begin: str, end: str) -> None:
     print(table)
     if args.write_readme:
         write_readme_block(table, begin, end)
+
+
+def save_json(doc: dict, path: str) -> None:
+    """Writes a benchmark's results JSON (indented, trailing newline) and says where."""
+    import json
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+        f.write("\n")
+    print(f"wrote {path}")
