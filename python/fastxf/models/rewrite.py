@@ -221,7 +221,7 @@ def _rewrite_unpad(model: nn.Module, state: _State, attention_report: dict) -> d
         "encoders": [name for name, _ in stacks],
         "rule": "padded batches run the encoder layers on real tokens only (varlen attention), padded positions "
         "of the output are zeros; batches without padding, training, output_hidden_states/attentions, "
-        "torch.compile and non-CPU devices take the padded path",
+        "torch.compile and CUDA float32 (the CUDA varlen kernel takes float16 / bfloat16) take the padded path",
     }
 
 
