@@ -267,3 +267,37 @@ def test_forcing_an_isa_the_cpu_lacks_is_an_error(monkeypatch):
     q, k, v = make_qkv(1, 1, 1, 1, 4, 16, torch.float32, "cpu")
     with pytest.raises(RuntimeError, match="FASTXF_CPU_ATTENTION_ISA"):
         fastxf.ops.attention(q, k, v)
+
+
+
+def _mkl_max_threads():
+    """MKL's thread count for the calling thread, from the libtorch_cpu torch
+    links (None when torch's BLAS is not MKL)."""
+    import ctypes
+    import os
+
+    try:
+        lib = ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so"))
+        get_max = lib.MKL_Get_Max_Threads
+    except (OSError, AttributeError):
+        return None
+    get_max.restype = ctypes.c_int
+    return get_max
+
+
+def test_blas_thread_setting_is_restored(threads):
+    # The kernel tells MKL that its BLAS calls are sequential (each is one
+    # thread's share of the work) and must hand the calling thread's setting
+    # back: torch sets MKL's per-thread count to its own thread count, and the
+    # caller's MKL-threaded matmuls after attention keep their threads.
+    get_max = _mkl_max_threads()
+    if get_max is None:
+        pytest.skip("torch's BLAS is not MKL")
+    threads(2)
+    torch.mm(torch.randn(8, 8), torch.randn(8, 8))  # torch applies its setting to this thread
+    if get_max() != 2:
+        pytest.skip(f"MKL reports {get_max()} threads for torch's 2 on this machine")
+    q, k, v = make_qkv(2, 4, 2, 64, 64, 64, torch.float32, "cpu")  # 128-row BLAS tiles, 2 threads
+    out = fastxf.ops.attention(q, k, v)
+    assert get_max() == 2, "the calling thread's MKL thread count was not restored"
+    assert_matches(out, q, k, v)

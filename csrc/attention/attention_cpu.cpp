@@ -73,6 +73,11 @@ extern "C" void cblas_gemm_bf16bf16f32(int layout, int transa, int transb, int m
 extern "C" void cblas_gemm_f16f16f32(int layout, int transa, int transb, int m, int n, int k, float alpha,
                                      const uint16_t* a, int lda, const uint16_t* b, int ldb, float beta, float* c,
                                      int ldc) __attribute__((weak));
+// MKL's per-thread thread count (returns the previous one, 0 = none was set).
+// The C entry point: MKL's header maps mkl_set_num_threads_local to it, and the
+// lower-case symbol torch exports is the Fortran one, which takes a pointer.
+// Absent from other BLAS libraries, hence weak.
+extern "C" int MKL_Set_Num_Threads_Local(int nthreads) __attribute__((weak));
 
 namespace fastxf {
 namespace {
@@ -322,6 +327,21 @@ std::pair<int64_t, int64_t> choose_blocks(const AttentionProblem& p) {
   return {kBlockRows, kBlockKeys};
 }
 
+// Tells MKL, for the lifetime of the object, that BLAS calls on this thread
+// are sequential (a no-op with another BLAS).
+class SequentialBlas {
+ public:
+  SequentialBlas() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  ~SequentialBlas() {
+    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
+  }
+  SequentialBlas(const SequentialBlas&) = delete;
+  SequentialBlas& operator=(const SequentialBlas&) = delete;
+
+ private:
+  int previous_;
+};
+
 // Problems below this many flops that read less than this much K / V run on
 // the calling thread: waking the pool costs more than the arithmetic. The
 // bytes count because decode with few query heads per KV head is bound by
@@ -436,6 +456,13 @@ void run_attention_cpu(const AttentionProblem& p) {
   float* part_base = partials.data();
 
   auto work = [&](int64_t begin, int64_t end) {
+    // Every BLAS call here is one thread's share of the work. Left to itself,
+    // MKL inside a parallel region still plans for the pool's thread count and
+    // then takes its packing (copy) kernels, whose cost dwarfs a 64 x 64 x 64
+    // product; told it runs on one thread it takes the no-copy kernels it uses
+    // in a single-threaded process (encoder 64-token tiles, 2 threads: see
+    // benchmarks/results/cpu_attention.json).
+    const SequentialBlas sequential_blas;
     thread_local Scratch sc;
     sc.reserve(tile_rows, block_keys, D);
     for (int64_t idx = begin; idx < end; ++idx) {
