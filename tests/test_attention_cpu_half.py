@@ -168,18 +168,31 @@ def test_strided_inputs(path, threads, dtype):
     assert_matches(fastxf.ops.attention(q, kb, v), q, kb, v)
 
 
-def test_group_chunks_and_thread_counts_agree(path, threads):
-    # 16 (batch, kv head) groups of 4100 keys x D 128 (2.2 MB packed each) do not
-    # fit the 16 MB packed buffer at once: they are packed and run in chunks.
-    # The result does not depend on the thread count (no split-KV on this path).
+# (B, Hq, Hkv, Sq, Sk, D): 16 (batch, kv head) groups of 2.2 MB packed K / V
+# each: with 2 threads each thread packs and attends whole groups. 5 groups of
+# 8200 keys x D 128 (4.3 MB packed each, too large to pack per thread, and odd):
+# all threads pack, in chunks of 3 + 2 groups (16 MB buffer), then attend.
+GROUP_SPLITS = [(2, 8, 8, 64, 4100, 128), (1, 10, 5, 32, 8200, 128)]
+
+
+@pytest.mark.parametrize("shape", GROUP_SPLITS, ids=["per-thread-groups", "chunked"])
+def test_group_splits_and_thread_counts_agree(path, threads, shape):
+    # 1 thread always packs group by group: the result does not depend on the
+    # thread count or the way groups are shared out (no split-KV on this path;
+    # the fallback splits 5 tiles over 2 threads, so only same-count runs match).
+    import os
+
     dtype = torch.bfloat16
     path(dtype)
-    q, k, v = make_qkv(2, 8, 8, 64, 4100, 128, dtype, "cpu")
+    q, k, v = make_qkv(*shape, dtype, "cpu")
     outs = []
     for n in (1, 2, 2):
         threads(n)
         outs.append(fastxf.ops.attention(q, k, v, causal=True))
-    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], outs[2])
+    assert torch.equal(outs[1], outs[2])
+    if os.environ[ENV] == "require":
+        assert torch.equal(outs[0], outs[1])
+    assert_matches(outs[0], q, k, v, causal=True)
     assert_matches(outs[1], q, k, v, causal=True)
 
 
