@@ -453,9 +453,7 @@ void run_attention_cpu(const AttentionProblem& p) {
   // thread's buffer is reused between calls. Without split-KV each thread
   // stores its tiles itself and needs none.
   thread_local std::vector<float> partials;
-  if (splits > 1 && partials.size() < static_cast<size_t>(units * part_floats))
-    partials.resize(units * part_floats);
-  float* part_base = partials.data();
+  float* part_base = splits > 1 ? aligned64(partials, units * part_floats) : nullptr;
 
   auto work = [&](int64_t begin, int64_t end) {
     // Every BLAS call here is one thread's share of the work. Left to itself,
