@@ -58,6 +58,7 @@
 #include "attention/attention.h"
 #include "attention/cpu/aligned.h"
 #include "attention/cpu/half_tiles.h"
+#include "attention/cpu/work_queue.h"
 #include "emulation.h"
 
 // The Fortran BLAS entry point of the library torch links (MKL or OpenBLAS).
@@ -415,8 +416,10 @@ void run_attention_cpu(const AttentionProblem& p) {
   const int64_t row_blocks = (rows_per_head + block_rows - 1) / block_rows;
   const int64_t tile_rows = std::min(block_rows, rows_per_head);
   const int64_t num_tiles = p.batch * p.kv_heads * row_blocks;
+  // Causal: a head's last row blocks see the most keys, so they come first
+  // (threads take tiles in this order, see parallel_take).
   auto tile_at = [&](int64_t idx) {
-    const int64_t rb = idx % row_blocks, bh = idx / row_blocks;
+    const int64_t rb = p.causal ? row_blocks - 1 - idx % row_blocks : idx % row_blocks, bh = idx / row_blocks;
     const int64_t b = bh / p.kv_heads, row0 = rb * block_rows;
     const int64_t q_pos0 = q_offset ? q_offset[b] : p.k_len - p.q_len;
     return Tile{b, bh % p.kv_heads, row0, std::min(block_rows, rows_per_head - row0), q_pos0};
@@ -455,7 +458,7 @@ void run_attention_cpu(const AttentionProblem& p) {
   thread_local std::vector<float> partials;
   float* part_base = splits > 1 ? aligned64(partials, units * part_floats) : nullptr;
 
-  auto work = [&](int64_t begin, int64_t end) {
+  parallel_take(units, threads, [&](auto next) {
     // Every BLAS call here is one thread's share of the work. Left to itself,
     // MKL inside a parallel region still plans for the pool's thread count and
     // then takes its packing (copy) kernels, whose cost dwarfs a 64 x 64 x 64
@@ -465,7 +468,7 @@ void run_attention_cpu(const AttentionProblem& p) {
     const SequentialBlas sequential_blas;
     thread_local Scratch sc;
     sc.reserve(tile_rows, block_keys, D);
-    for (int64_t idx = begin; idx < end; ++idx) {
+    for (int64_t idx; (idx = next()) < units;) {
       const int64_t tile_idx = idx / splits, split = idx % splits;
       const Tile t = tile_at(tile_idx);
       auto [lo, hi] = row_ranges(t, sc);
@@ -479,11 +482,7 @@ void run_attention_cpu(const AttentionProblem& p) {
       float* l = splits > 1 ? m + tile_rows : sc.l;
       unit(a, t, k_begin, k_end, acc, m, l, sc, /*store=*/splits == 1);
     }
-  };
-  if (threads == 1 || units == 1)
-    work(0, units);
-  else
-    at::parallel_for(0, units, 1, work);
+  });
   if (splits == 1) return;
 
   // Merge the splits on this thread (there are few tiles when splitting pays):

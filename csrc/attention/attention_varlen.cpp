@@ -20,9 +20,9 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <vector>
 
+#include "attention/cpu/work_queue.h"
 #include "common.h"
 #include "emulation.h"
 
@@ -140,10 +140,9 @@ at::Tensor attention_varlen_cpu(const at::Tensor& q, const at::Tensor& k, const 
     std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) {
       return (cq[a + 1] - cq[a]) * (ck[a + 1] - ck[a]) > (cq[b + 1] - cq[b]) * (ck[b + 1] - ck[b]);
     });
-    std::atomic<int64_t> next{0};
-    at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    parallel_take(batch, threads, [&](auto next) {
       c10::InferenceMode no_autograd;
-      for (int64_t i = next++; i < batch; i = next++) run_one(order[i]);
+      for (int64_t i; (i = next()) < batch;) run_one(order[i]);
     });
   } else {
     c10::InferenceMode no_autograd;

@@ -34,6 +34,7 @@
 #include "attention/cpu/half_tiles.h"
 
 #include "attention/cpu/aligned.h"
+#include "attention/cpu/work_queue.h"
 
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -413,14 +414,10 @@ void run_packed(const AttentionProblem& pr) {
   // Runs fn(i) for i in [0, n) on the pool; every thread that ran a micro-kernel
   // hands its AMX state back at the end (the kernels cache it per thread).
   auto parallel = [&](int64_t n, auto&& fn) {
-    auto body = [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) fn(i);
+    parallel_take(n, threads, [&](auto next) {
+      for (int64_t i; (i = next()) < n;) fn(i);
       cpublas::brgemm_release(true);
-    };
-    if (serial || n == 1)
-      body(0, n);
-    else
-      at::parallel_for(0, n, 1, body);
+    });
   };
   // Padding: does key block kb of batch b have a visible key at all?
   auto block_visible = [&](int64_t b, int64_t kb) {
@@ -440,14 +437,14 @@ void run_packed(const AttentionProblem& pr) {
     pack_v(v + b * vs0 + h * vs1 + j0 * vs2, vs2, nk, nkp, D, kdst + v_offset);
   };
 
-  // Row block i (in the order 0, n-1, 1, n-2, ...) of group g, over the group's packed K / V.
+  // Row block i of group g (the last first under causality), over the group's packed K / V.
   auto attend_rows = [&](int64_t g, int64_t i, const uint16_t* group_packed) {
     thread_local HalfScratch sc;
     sc.reserve(BR, KB, D);
     const int64_t b = g / Hkv, kvh = g % Hkv;
-    // Under causality the cost of a row block grows with its index, and the
-    // pool gives each thread a contiguous range: alternate the ends.
-    const int64_t rb = i % 2 == 0 ? i / 2 : row_blocks - 1 - i / 2;
+    // Under causality the cost of a row block grows with its index: the
+    // costliest come first (threads take the next item, see parallel_take).
+    const int64_t rb = pr.causal ? row_blocks - 1 - i : i;
     const int64_t row0 = rb * BR, R = std::min(BR, rows_per_head - row0), Rp = round_up(R, 16);
     const int64_t q_pos0 = q_offset ? q_offset[b] : Sk - Sq;
     // Row r is query head kvh * group + (row0 + r) / Sq at position q_pos0 + (row0 + r) % Sq.
@@ -545,9 +542,8 @@ void run_packed(const AttentionProblem& pr) {
     parallel(gn * key_blocks, [&](int64_t u) {
       pack_block(g0 + u / key_blocks, u % key_blocks, chunk + (u / key_blocks) * group_elems);
     });
-    parallel(gn * row_blocks, [&](int64_t u) {
-      attend_rows(g0 + u / row_blocks, u % row_blocks, chunk + (u / row_blocks) * group_elems);
-    });
+    // Row block by row block over the chunk's groups, so that the costliest come first.
+    parallel(gn * row_blocks, [&](int64_t u) { attend_rows(g0 + u % gn, u / gn, chunk + (u % gn) * group_elems); });
   }
 }
 
