@@ -334,14 +334,17 @@ std::pair<int64_t, int64_t> choose_blocks(const AttentionProblem& p) {
 // are sequential (a no-op with another BLAS).
 class SequentialBlas {
  public:
-  SequentialBlas() : previous_(MKL_Set_Num_Threads_Local ? MKL_Set_Num_Threads_Local(1) : 0) {}
+  // active: whether BLAS will be called at all (decode tiles never call it).
+  explicit SequentialBlas(bool active)
+      : active_(active && MKL_Set_Num_Threads_Local), previous_(active_ ? MKL_Set_Num_Threads_Local(1) : 0) {}
   ~SequentialBlas() {
-    if (MKL_Set_Num_Threads_Local) MKL_Set_Num_Threads_Local(previous_);
+    if (active_) MKL_Set_Num_Threads_Local(previous_);
   }
   SequentialBlas(const SequentialBlas&) = delete;
   SequentialBlas& operator=(const SequentialBlas&) = delete;
 
  private:
+  bool active_;
   int previous_;
 };
 
@@ -465,7 +468,7 @@ void run_attention_cpu(const AttentionProblem& p) {
     // product; told it runs on one thread it takes the no-copy kernels it uses
     // in a single-threaded process (encoder 64-token tiles, 2 threads: see
     // benchmarks/results/cpu_attention.json).
-    const SequentialBlas sequential_blas;
+    const SequentialBlas sequential_blas(a.use_blas && tile_rows >= kBlasMinRows);
     thread_local Scratch sc;
     sc.reserve(tile_rows, block_keys, D);
     for (int64_t idx; (idx = next()) < units;) {
