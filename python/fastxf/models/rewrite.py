@@ -101,14 +101,56 @@ def _attention_kernel_check(model: nn.Module) -> str | None:
     return None
 
 
-def _rewrite_attention(model: nn.Module, state: _State) -> dict:
+def _inner_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The transformers models inside a wrapper that is not one itself (a
+    SentenceTransformer, a user's module around an AutoModel): the outermost
+    modules with set_attn_implementation, by name. Empty for a transformers model
+    (optimize works on it directly) and for a module with none inside."""
+    if hasattr(model, "set_attn_implementation"):
+        return []
+    found: list[tuple[str, nn.Module]] = []
+    for name, m in model.named_modules():
+        if hasattr(m, "set_attn_implementation") and not any(name.startswith(f"{outer}.") for outer, _ in found):
+            found.append((name, m))
+    return found
+
+
+def _rewrite_wrapped(model: nn.Module, state: _State, inner: list, unpad: bool) -> tuple[dict, dict]:
+    """Attention and unpad rewrites of each transformers model inside a wrapper;
+    one report each, the single model's own when there is one."""
+    reports = {}
+    for name, sub in inner:
+        att = _rewrite_attention(sub, state, adapters=len(inner) == 1)
+        unp = _rewrite_unpad(sub, state, att) if unpad else {"status": "off", "reason": "unpad=False"}
+        reports[name] = (dict(att, submodule=name), unp)
+    if len(inner) == 1:
+        return reports[inner[0][0]]
+    rewritten = [n for n, (att, _) in reports.items() if att["status"] == "rewritten"]
+    att = {
+        "status": "rewritten" if rewritten else "kept",
+        "submodules": {n: a for n, (a, _) in reports.items()},
+        "attention_modules": sum(a.get("attention_modules", 0) for a, _ in reports.values()),
+    }
+    unp_on = {n: u for n, (_, u) in reports.items() if u["status"] == "on"}
+    unp = (
+        {"status": "on", "encoders": [f"{n}.{e}" for n, u in unp_on.items() for e in u["encoders"]]}
+        if unp_on
+        else {"status": "off", "reason": "; ".join(f"{n}: {u['reason']}" for n, (_, u) in reports.items())}
+    )
+    return att, unp
+
+
+def _rewrite_attention(model: nn.Module, state: _State, adapters: bool = True) -> dict:
     configs = _configs_of(model)
     previous = {id(c): _attn_impl(c) for c in configs}
     can_set = getattr(type(model), "_can_set_attn_implementation", None)
     if not hasattr(model, "set_attn_implementation") or (callable(can_set) and not can_set()):
-        adapted, state.adapters = fx_adapters.rewrite(model, _attention_kernel_check)
-        if adapted is not None:
-            return adapted
+        # (One set of adapters per optimize() call: with several models inside a
+        # wrapper, those outside the interface keep their attention.)
+        if adapters and state.adapters is None:
+            adapted, state.adapters = fx_adapters.rewrite(model, _attention_kernel_check)
+            if adapted is not None:
+                return adapted
         return {
             "status": "kept",
             "implementation": _attn_impl(getattr(model, "config", None)),
@@ -124,7 +166,7 @@ def _rewrite_attention(model: nn.Module, state: _State) -> dict:
         for c in configs:
             _set_internal(c, previous[id(c)])
         return {"status": "kept", "implementation": _attn_impl(model.config), "reason": f"set_attn_implementation failed: {e}"}
-    state.attn_configs = [(c, previous[id(c)]) for c in configs]
+    state.attn_configs += [(c, previous[id(c)]) for c in configs]
     # Older transformers (5.17) do not carry the switch into sub-models that own
     # a copy of the config (T5's encoder / decoder stacks): do it for them, on
     # this instance's configs only, where the sub-model uses the interface.
@@ -275,9 +317,20 @@ def optimize(
     state = _State(options)
     model.__dict__[_STATE] = state
     try:
-        report = {"model": type(model).__name__, "model_type": getattr(getattr(model, "config", None), "model_type", None)}
-        report["attention"] = _rewrite_attention(model, state) if attention else {"status": "kept", "reason": "attention=False"}
-        report["unpad"] = _rewrite_unpad(model, state, report["attention"]) if unpad else {"status": "off", "reason": "unpad=False"}
+        # A wrapper around transformers models (SentenceTransformer, a user's
+        # module): attention and unpad go to the models inside, norms and fused
+        # residuals to everything.
+        inner = _inner_models(model)
+        config = getattr(model, "config", None) or (getattr(inner[0][1], "config", None) if inner else None)
+        report = {"model": type(model).__name__, "model_type": getattr(config, "model_type", None)}
+        if not attention:
+            report["attention"] = {"status": "kept", "reason": "attention=False"}
+            report["unpad"] = {"status": "off", "reason": "unpad=False"} if not unpad else _rewrite_unpad(model, state, report["attention"])
+        elif inner:
+            report["attention"], report["unpad"] = _rewrite_wrapped(model, state, inner, unpad)
+        else:
+            report["attention"] = _rewrite_attention(model, state)
+            report["unpad"] = _rewrite_unpad(model, state, report["attention"]) if unpad else {"status": "off", "reason": "unpad=False"}
         report["norms"] = _rewrite_norms(model, state) if norms else {"replaced": [], "kept": [], "reason": "norms=False"}
         if fused_residual:
             report["fused_residual"] = _fuse_residuals(model, state)
