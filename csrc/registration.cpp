@@ -1,7 +1,8 @@
 // The one place where fastxf's op schemas are declared. Each backend adds its
 // implementations with TORCH_LIBRARY_IMPL(fastxf, CPU|CUDA, m) next to its
-// kernels (csrc/<op>/<op>_cpu.cpp, csrc/<op>/<op>_cuda.cu); the fake (meta)
-// implementations live in python/fastxf/ops/. The schema strings are in
+// kernels (csrc/<op>/<op>_cpu.cpp, csrc/<op>/<op>_cuda.cu); the autograd
+// kernels are in csrc/autograd.cpp; the fake (meta) implementations, and the
+// implementations of the *_backward ops, live in python/fastxf/ops/. The schema strings are in
 // schemas.h, which the CPU emulator module (fastxf._emu) reuses for its
 // fastxf_emu::* copies of the ops.
 #include <torch/library.h>
@@ -42,4 +43,16 @@ TORCH_LIBRARY(fastxf, m) {
   // sequences own no rows; queries of a sequence without keys are 0.
   // The output has q's shape (total_q, Hq, D), contiguous: no data-dependent size.
   m.def(FASTXF_SCHEMA_ATTENTION_VARLEN);
+
+  // The gradients of the four ops above, which their autograd kernels
+  // (csrc/autograd.cpp) call. Each returns the gradients of the inputs its
+  // output_mask selects (in the order of the forward op's differentiable
+  // inputs: x, weight, bias, residual for the norms; q, k, v for attention),
+  // the others undefined (None). Implemented in Python (python/fastxf/ops/) for
+  // every device by recomputing the forward with fastxf.ops.reference and
+  // differentiating it; their fake kernels let AOTAutograd trace a backward.
+  m.def(FASTXF_SCHEMA_LAYER_NORM_BACKWARD);
+  m.def(FASTXF_SCHEMA_RMS_NORM_BACKWARD);
+  m.def(FASTXF_SCHEMA_ATTENTION_BACKWARD);
+  m.def(FASTXF_SCHEMA_ATTENTION_VARLEN_BACKWARD);
 }

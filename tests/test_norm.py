@@ -247,7 +247,7 @@ def test_bad_inputs_value_error(device):
 
 def check_torch_ops_errors(device):
     """RuntimeError naming the argument from torch.ops.fastxf.* (the C++ TORCH_CHECKs),
-    both through torch.library's Python autograd layer and, under inference_mode,
+    both through the ops' autograd kernels and, under inference_mode,
     straight into the kernel. Prints one line per case."""
     for mode in ("autograd", "inference"):
         for name, op, args, kwargs in _bad_cases(device):

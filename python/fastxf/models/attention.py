@@ -433,8 +433,8 @@ def fastxf_attention(
         CALLS["fastxf"] += 1
     # The op directly (see _dispatch): everything the Python wrapper would
     # check is either checked above or repeated by the C++ op.
-    out = _dispatch.call(
-        _dispatch.op("attention"), query, key, value, key_padding, q_offset, causal, scaling, int(window), float(softcap), None
+    out = _dispatch.op("attention")(
+        query, key, value, key_padding, q_offset, causal, scaling, int(window), float(softcap), None
     )
     # The op returns a (B, H, Sq, D) view of a contiguous (B, Sq, H, D) buffer:
     # HF's layout is that buffer, so this transpose is free.

@@ -115,13 +115,13 @@ class FastxfNorm(nn.Module):
         name = self._fastxf_eps_name  # fastxf_eps, inlined (once per norm per step)
         eps = float(getattr(self._fastxf_original[0], name)) if name else self._fastxf_eps_default
         if self.fastxf_kind == "layer_norm":
-            out, new_residual = _dispatch.call(_dispatch.op("layer_norm"), x, w, params.get("bias"), eps, residual, None)
+            out, new_residual = _dispatch.op("layer_norm")(x, w, params.get("bias"), eps, residual, None)
         else:
             out_dtype = None
             if self.fastxf_kind == "rms_norm" and w is not None and w.dtype != x.dtype:
                 out_dtype = torch.promote_types(w.dtype, x.dtype)  # HF: weight * normed.to(x.dtype)
             unit_offset = self.fastxf_kind == "rms_norm_unit_offset"
-            out, new_residual = _dispatch.call(_dispatch.op("rms_norm"), x, w, eps, residual, unit_offset, out_dtype)
+            out, new_residual = _dispatch.op("rms_norm")(x, w, eps, residual, unit_offset, out_dtype)
         return out if residual is None else (out, new_residual)
 
     def extra_repr(self):

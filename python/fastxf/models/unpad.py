@@ -209,8 +209,8 @@ def packed_attention(module, query, key, value, packed: PackedSequences, dropout
     fx._count("fastxf_varlen")
     softcap = float(kwargs.get("softcap") or 0.0)
     if packed.valid:
-        out = _dispatch.call(
-            _dispatch.op("attention_varlen"), q, k, v, packed.cu_seqlens_q, packed.cu_seqlens_k, packed.max_seqlen_q,
+        out = _dispatch.op("attention_varlen")(
+            q, k, v, packed.cu_seqlens_q, packed.cu_seqlens_k, packed.max_seqlen_q,
             packed.max_seqlen_k, packed.causal, scaling, packed.window, softcap,
         )
     else:

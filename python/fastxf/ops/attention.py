@@ -6,8 +6,8 @@ import torch
 
 from .. import _extension
 from . import reference
+from ._backward import grads_like, recompute_grads
 from ._checks import check_attention_args
-from .norm import _recompute_grads
 
 
 def attention(
@@ -50,23 +50,23 @@ def _attention_fake(
     return q.new_empty((batch, q_len, q_heads, head_dim)).transpose(1, 2)
 
 
-def _attention_setup(ctx, inputs, output):
-    q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap, alibi_slopes = inputs
-    ctx.options = dict(causal=causal, scale=scale, window=window, softcap=softcap)
-    ctx.save_for_backward(q, k, v, key_padding_mask, q_offset, alibi_slopes)
-
-
-def _attention_backward(ctx, grad_out):
-    q, k, v, key_padding_mask, q_offset, alibi_slopes = ctx.saved_tensors
-    gq, gk, gv = _recompute_grads(
+# The backward op, which the C++ autograd kernel (csrc/autograd.cpp) calls.
+@torch.library.impl("fastxf::attention_backward", "CompositeExplicitAutograd")
+def _attention_backward(
+    grad_out, q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap, alibi_slopes, output_mask
+):
+    return recompute_grads(
         lambda q, k, v: (
-            reference.attention(q, k, v, key_padding_mask, q_offset, alibi_slopes=alibi_slopes, **ctx.options),
+            reference.attention(q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap, alibi_slopes),
         ),
         [q, k, v],
         [grad_out],
-        {},
+        output_mask,
     )
-    return gq, gk, gv, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("fastxf::attention", _attention_backward, setup_context=_attention_setup)
+@torch.library.register_fake("fastxf::attention_backward")
+def _attention_backward_fake(
+    grad_out, q, k, v, key_padding_mask, q_offset, causal, scale, window, softcap, alibi_slopes, output_mask
+):
+    return grads_like([q, k, v], output_mask)

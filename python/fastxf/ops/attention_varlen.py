@@ -8,7 +8,7 @@ import torch
 
 from .. import _extension
 from ._checks import check_attention_varlen_args, check_cu_seqlens_values
-from .norm import _recompute_grads
+from ._backward import grads_like, recompute_grads
 
 
 def attention_varlen(
@@ -97,23 +97,23 @@ def _attention_varlen_fake(
     return torch.empty_like(q, memory_format=torch.contiguous_format)
 
 
-def _attention_varlen_setup(ctx, inputs, output):
-    q, k, v, cu_q, cu_k, _max_q, _max_k, causal, scale, window, softcap = inputs
-    ctx.options = dict(causal=causal, scale=scale, window=window, softcap=softcap)
-    ctx.save_for_backward(q, k, v, cu_q, cu_k)
-
-
-def _attention_varlen_backward(ctx, grad_out):
-    q, k, v, cu_q, cu_k = ctx.saved_tensors
-    gq, gk, gv = _recompute_grads(
-        lambda q, k, v: (reference_attention_varlen(q, k, v, cu_q, cu_k, **ctx.options),),
+# The backward op, which the C++ autograd kernel (csrc/autograd.cpp) calls.
+@torch.library.impl("fastxf::attention_varlen_backward", "CompositeExplicitAutograd")
+def _attention_varlen_backward(
+    grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, window, softcap,
+    output_mask,
+):
+    return recompute_grads(
+        lambda q, k, v: (reference_attention_varlen(q, k, v, cu_seqlens_q, cu_seqlens_k, causal, scale, window, softcap),),
         [q, k, v],
         [grad_out],
-        {},
+        output_mask,
     )
-    return gq, gk, gv, None, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd(
-    "fastxf::attention_varlen", _attention_varlen_backward, setup_context=_attention_varlen_setup
-)
+@torch.library.register_fake("fastxf::attention_varlen_backward")
+def _attention_varlen_backward_fake(
+    grad_out, q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, causal, scale, window, softcap,
+    output_mask,
+):
+    return grads_like([q, k, v], output_mask)

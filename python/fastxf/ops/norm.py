@@ -6,6 +6,7 @@ import torch
 
 from .. import _extension
 from . import reference
+from ._backward import grads_like, recompute_grads
 from ._checks import check_norm_args
 
 
@@ -45,52 +46,32 @@ def _rms_norm_fake(x, weight, eps, residual=None, unit_offset=False, out_dtype=N
     return _fake_outputs(x, residual, out_dtype)
 
 
-# Autograd: the backward recomputes the forward with the plain PyTorch
-# reference and differentiates that. Correct for every option; fused backward
-# kernels are future work (fastxf targets inference).
-def _recompute_grads(fn, inputs, grad_outputs, kwargs):
-    leaves = [t.detach().requires_grad_(t.is_floating_point()) if t is not None else None for t in inputs]
-    with torch.enable_grad():
-        outs = [o for o in fn(*leaves, **kwargs) if o is not None]
-        pairs = [(o, g) for o, g in zip(outs, grad_outputs) if g is not None and g.numel() == o.numel()]
-        wrt = [t for t in leaves if t is not None and t.requires_grad]
-        grads = iter(torch.autograd.grad([o for o, _ in pairs], wrt, [g for _, g in pairs], allow_unused=True))
-    return tuple(next(grads) if (t is not None and t.requires_grad) else None for t in leaves)
-
-
-def _layer_norm_setup(ctx, inputs, output):
-    x, weight, bias, eps, residual, out_dtype = inputs
-    ctx.eps, ctx.out_dtype = eps, out_dtype
-    ctx.save_for_backward(x, weight, bias, residual)
-
-
-def _layer_norm_backward(ctx, grad_out, grad_residual):
-    x, weight, bias, residual = ctx.saved_tensors
-    gx, gw, gb, gr = _recompute_grads(
-        lambda x, w, b, r: reference.layer_norm(x, w, b, ctx.eps, r, ctx.out_dtype),
+# The backward ops, which the C++ autograd kernels (csrc/autograd.cpp) call.
+@torch.library.impl("fastxf::layer_norm_backward", "CompositeExplicitAutograd")
+def _layer_norm_backward(grad_out, grad_residual, x, weight, bias, eps, residual, out_dtype, output_mask):
+    return recompute_grads(
+        lambda x, w, b, r: reference.layer_norm(x, w, b, eps, r, out_dtype),
         [x, weight, bias, residual],
         [grad_out, grad_residual],
-        {},
+        output_mask,
     )
-    return gx, gw, gb, None, gr, None
 
 
-def _rms_norm_setup(ctx, inputs, output):
-    x, weight, eps, residual, unit_offset, out_dtype = inputs
-    ctx.eps, ctx.unit_offset, ctx.out_dtype = eps, unit_offset, out_dtype
-    ctx.save_for_backward(x, weight, residual)
+@torch.library.register_fake("fastxf::layer_norm_backward")
+def _layer_norm_backward_fake(grad_out, grad_residual, x, weight, bias, eps, residual, out_dtype, output_mask):
+    return grads_like([x, weight, bias, residual], output_mask)
 
 
-def _rms_norm_backward(ctx, grad_out, grad_residual):
-    x, weight, residual = ctx.saved_tensors
-    gx, gw, gr = _recompute_grads(
-        lambda x, w, r: reference.rms_norm(x, w, ctx.eps, r, ctx.unit_offset, ctx.out_dtype),
+@torch.library.impl("fastxf::rms_norm_backward", "CompositeExplicitAutograd")
+def _rms_norm_backward(grad_out, grad_residual, x, weight, eps, residual, unit_offset, out_dtype, output_mask):
+    return recompute_grads(
+        lambda x, w, r: reference.rms_norm(x, w, eps, r, unit_offset, out_dtype),
         [x, weight, residual],
         [grad_out, grad_residual],
-        {},
+        output_mask,
     )
-    return gx, gw, None, gr, None, None
 
 
-torch.library.register_autograd("fastxf::layer_norm", _layer_norm_backward, setup_context=_layer_norm_setup)
-torch.library.register_autograd("fastxf::rms_norm", _rms_norm_backward, setup_context=_rms_norm_setup)
+@torch.library.register_fake("fastxf::rms_norm_backward")
+def _rms_norm_backward_fake(grad_out, grad_residual, x, weight, eps, residual, unit_offset, out_dtype, output_mask):
+    return grads_like([x, weight, residual], output_mask)
