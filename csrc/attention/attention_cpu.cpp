@@ -434,8 +434,8 @@ void run_attention_cpu(const AttentionProblem& p) {
     int64_t lo_all = p.k_len, hi_all = 0;
     const int64_t pad_lo = a.pad_range ? a.pad_range[2 * t.b] : 0;
     const int64_t pad_hi = a.pad_range ? a.pad_range[2 * t.b + 1] : p.k_len;
-    for (int64_t r = 0; r < t.rows; ++r) {
-      const int64_t pos = t.q_pos0 + (t.row0 + r) % p.q_len;
+    for (int64_t r = 0, i = t.row0 % p.q_len; r < t.rows; ++r, i = i + 1 == p.q_len ? 0 : i + 1) {
+      const int64_t pos = t.q_pos0 + i;  // (row0 + r) % q_len, without a division per row
       int64_t lo = pad_lo, hi = pad_hi;
       if (p.causal) hi = std::clamp<int64_t>(pos + 1, 0, hi);
       if (p.window > 0) lo = std::clamp<int64_t>(pos - p.window + 1, lo, p.k_len);
