@@ -17,14 +17,17 @@
 // (acc, m, l) and a merge combines them exactly.
 //
 // What makes it fast on small problems is what it does not do: no ATen call,
-// tensor or heap allocation per tile (per-thread scratch is kept between calls),
-// a single parallel region, and no thread at all for problems too small to pay
-// for waking one (in flops and in K / V bytes). The two tile products (S = Q K^T, acc += P V) are
+// tensor or heap allocation per tile (per-thread scratch is kept between calls,
+// on cache lines), a single parallel region in which threads take the next
+// tiles from a shared counter (cpu/work_queue.h), no thread at all for problems
+// too small to pay for waking one (in flops and in K / V bytes), and no copy of
+// Q where BLAS can read it in place. The two tile products (S = Q K^T, acc += P V) are
 //   - for tiles of fewer than kBlasMinRows rows (decode: the query heads of a
 //     group x a few positions), vectorised loops in cpu/tile_kernel.inc that read
 //     K / V in place in their own dtype (a BLAS call would cost more than the work);
 //   - for larger tiles, one BLAS call each, made directly on the BLAS torch links
-//     (found through weak symbols, so the extension loads without them): sgemm
+//     (found through weak symbols, so the extension loads without them; MKL is
+//     told the calls are sequential, see SequentialBlas): sgemm
 //     for fp32, and MKL's fp16 / bf16 GEMMs with fp32 accumulation (AMX or
 //     AVX512-BF16 where the CPU has them) for fp16 / bf16. Without those, fp16 /
 //     bf16 K / V are widened to fp32 for sgemm; without any BLAS the loops do it all.
