@@ -457,3 +457,47 @@ def test_cuda_kernels_flag_consistent():
     # Skipping CUDA tests must be because of the machine, never a silently missing build.
     if torch.cuda.is_available():
         assert fastxf.cuda_kernels_built() == HAS_CUDA
+
+
+# ------------------------------------------------- CPU instruction sets ----
+def _cpu_isas():
+    """The versions of the CPU row code this CPU can run (csrc/norm/cpu/norm_rows.inc
+    is compiled for baseline x86-64, AVX2 + FMA and AVX-512; the best one runs)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        flags = set()
+    isas = ["base"]
+    if {"avx2", "fma", "f16c"} <= flags:
+        isas.append("avx2")
+        if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+            isas.append("avx512")
+    return isas
+
+
+@pytest.mark.parametrize("isa", _cpu_isas())
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("op", OPS)
+def test_every_cpu_isa(monkeypatch, isa, dtype, op):
+    # Odd widths (vector tails), a width past the 4096-element fp32 partial sums,
+    # residual or not, an out dtype other than x's, strided rows.
+    monkeypatch.setenv("FASTXF_CPU_NORM_ISA", isa)
+    for h in (7, 97, 384, 5000):
+        x = _rand(5, h, dtype=dtype, device="cpu") * 2 + 0.5
+        w, b = _param(h, dtype, "cpu"), _param(h, dtype, "cpu")
+        check(op, x, w, b)
+        if h >= 97:  # (as test_residual: over 7 elements the 2x-torch rule is luck, 2 ulp vs 0.4 in fp32)
+            check(op, x, w, b, residual=_rand(5, h, dtype=dtype, device="cpu"))
+        check(op, x, w, b, out_dtype=torch.float32)
+    wide = _rand(6, 130, dtype=dtype, device="cpu")
+    check(op, wide[::2, 3:100], _param(97, dtype, "cpu"), _param(97, dtype, "cpu"))
+
+
+def test_forcing_a_cpu_isa_the_cpu_lacks_is_an_error(monkeypatch):
+    missing = [i for i in ("avx2", "avx512") if i not in _cpu_isas()]
+    if not missing:
+        pytest.skip("this CPU runs every version")
+    monkeypatch.setenv("FASTXF_CPU_NORM_ISA", missing[-1])
+    with pytest.raises(RuntimeError, match="FASTXF_CPU_NORM_ISA"):
+        ops.layer_norm(torch.randn(2, 8), torch.ones(8), torch.zeros(8))
