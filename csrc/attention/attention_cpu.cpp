@@ -62,6 +62,7 @@
 #include "attention/cpu/aligned.h"
 #include "attention/cpu/half_tiles.h"
 #include "attention/cpu/work_queue.h"
+#include "cpu_isa.h"
 #include "emulation.h"
 
 // The Fortran BLAS entry point of the library torch links (MKL or OpenBLAS).
@@ -216,43 +217,10 @@ struct UnitFns {
 #pragma GCC diagnostic ignored "-Wpsabi"
 
 // ---- the tile code, once per instruction set --------------------------------
-// (Each copy lives in its own namespace; see tile_kernel.inc.)
-namespace cpu_attention_base {
-using namespace fastxf;
-#include "attention/cpu/tile_kernel.inc"
-}  // namespace cpu_attention_base
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FASTXF_CPU_MULTI_ISA 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
-namespace cpu_attention_avx2 {
-using namespace fastxf;
-#include "attention/cpu/tile_kernel.inc"
-}  // namespace cpu_attention_avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), \
-                             apply_to = function)
-#else
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-#endif
-namespace cpu_attention_avx512 {
-using namespace fastxf;
-#include "attention/cpu/tile_kernel.inc"
-}  // namespace cpu_attention_avx512
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif
+// (Each copy lives in its own namespace; see tile_kernel.inc and cpu_isa.h.)
+#define FASTXF_ISA_FILE "attention/cpu/tile_kernel.inc"
+#define FASTXF_ISA_NAMESPACE(isa) cpu_attention_##isa
+#include "cpu_isa_instances.inc"
 
 namespace fastxf {
 namespace {
@@ -260,22 +228,11 @@ namespace {
 // The tile code for this CPU. FASTXF_CPU_ATTENTION_ISA=base|avx2|avx512 forces
 // one (tests run every version the CPU can execute).
 const UnitFns& unit_fns() {
-#ifdef FASTXF_CPU_MULTI_ISA
-  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                               __builtin_cpu_supports("f16c");
-  static const bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") &&
-                                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                                 __builtin_cpu_supports("avx512dq");
-  const char* env = std::getenv("FASTXF_CPU_ATTENTION_ISA");
-  const std::string_view want = env ? env : "";
-  if (want == "base") return cpu_attention_base::kUnitFns;
-  TORCH_CHECK(want != "avx512" || has_avx512, "FASTXF_CPU_ATTENTION_ISA=avx512 but this CPU lacks AVX-512");
-  TORCH_CHECK(want != "avx2" || has_avx2, "FASTXF_CPU_ATTENTION_ISA=avx2 but this CPU lacks AVX2 / FMA");
-  if (want == "avx2") return cpu_attention_avx2::kUnitFns;
-  if (has_avx512) return cpu_attention_avx512::kUnitFns;
-  if (has_avx2) return cpu_attention_avx2::kUnitFns;
-#endif
-  return cpu_attention_base::kUnitFns;
+  switch (cpu_isa("FASTXF_CPU_ATTENTION_ISA")) {
+    case CpuIsa::kAvx512: return cpu_attention_avx512::kUnitFns;
+    case CpuIsa::kAvx2: return cpu_attention_avx2::kUnitFns;
+    default: return cpu_attention_base::kUnitFns;
+  }
 }
 
 // Number of key splits per tile. Depends on shapes and the thread count only

@@ -13,12 +13,11 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
-#include <string_view>
 #include <type_traits>
 #include <vector>
 
+#include "cpu_isa.h"
 #include "emulation.h"
 #include "norm/norm.h"
 
@@ -43,42 +42,9 @@ struct NormRows {
 // (as the attention tiles: the file is compiled for baseline x86-64, and torch's
 // own LayerNorm runs AVX-512 code; baseline SSE loops made fastxf's 1.7x slower
 // than F.layer_norm at BERT sizes, 8192 x 384 / 768 fp32.)
-namespace cpu_norm_base {
-using namespace fastxf;
-#include "norm/cpu/norm_rows.inc"
-}  // namespace cpu_norm_base
-
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FASTXF_CPU_NORM_MULTI_ISA 1
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
-namespace cpu_norm_avx2 {
-using namespace fastxf;
-#include "norm/cpu/norm_rows.inc"
-}  // namespace cpu_norm_avx2
-#if defined(__clang__)
-#pragma clang attribute pop
-#pragma clang attribute push(__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c"))), \
-                             apply_to = function)
-#else
-#pragma GCC pop_options
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
-#endif
-namespace cpu_norm_avx512 {
-using namespace fastxf;
-#include "norm/cpu/norm_rows.inc"
-}  // namespace cpu_norm_avx512
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
-#endif
+#define FASTXF_ISA_FILE "norm/cpu/norm_rows.inc"
+#define FASTXF_ISA_NAMESPACE(isa) cpu_norm_##isa
+#include "cpu_isa_instances.inc"
 
 namespace fastxf {
 namespace {
@@ -88,22 +54,11 @@ using RowsFns = std::array<std::array<cpu_norm_base::RowsFn, 3>, 3>;
 // The row code for this CPU. FASTXF_CPU_NORM_ISA=base|avx2|avx512 forces one
 // (tests run every version the CPU can execute).
 const RowsFns& rows_fns() {
-#ifdef FASTXF_CPU_NORM_MULTI_ISA
-  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                               __builtin_cpu_supports("f16c");
-  static const bool has_avx512 = has_avx2 && __builtin_cpu_supports("avx512f") &&
-                                 __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                                 __builtin_cpu_supports("avx512dq");
-  const char* env = std::getenv("FASTXF_CPU_NORM_ISA");
-  const std::string_view want = env ? env : "";
-  if (want == "base") return cpu_norm_base::kRowsFns;
-  TORCH_CHECK(want != "avx512" || has_avx512, "FASTXF_CPU_NORM_ISA=avx512 but this CPU lacks AVX-512");
-  TORCH_CHECK(want != "avx2" || has_avx2, "FASTXF_CPU_NORM_ISA=avx2 but this CPU lacks AVX2 / FMA");
-  if (want == "avx2") return cpu_norm_avx2::kRowsFns;
-  if (has_avx512) return cpu_norm_avx512::kRowsFns;
-  if (has_avx2) return cpu_norm_avx2::kRowsFns;
-#endif
-  return cpu_norm_base::kRowsFns;
+  switch (cpu_isa("FASTXF_CPU_NORM_ISA")) {
+    case CpuIsa::kAvx512: return cpu_norm_avx512::kRowsFns;
+    case CpuIsa::kAvx2: return cpu_norm_avx2::kRowsFns;
+    default: return cpu_norm_base::kRowsFns;
+  }
 }
 
 int dtype_index(at::ScalarType t) {
