@@ -115,16 +115,23 @@ def _inner_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return found
 
 
-def _rewrite_wrapped(model: nn.Module, state: _State, inner: list, unpad: bool) -> tuple[dict, dict]:
-    """Attention and unpad rewrites of each transformers model inside a wrapper;
-    one report each, the single model's own when there is one."""
+def _rewrite_attention_and_unpad(
+    model: nn.Module, inner: list, state: _State, attention: bool, unpad: bool
+) -> tuple[dict, dict]:
+    """Attention and unpad rewrites of the model, or of each transformers model
+    inside a wrapper (`inner`, from _inner_models; norms and fused residuals go
+    to the whole module); one report each, the single model's own when there is one."""
     reports = {}
-    for name, sub in inner:
-        att = _rewrite_attention(sub, state, adapters=len(inner) == 1)
+    for name, sub in inner or [("", model)]:
+        att = (
+            _rewrite_attention(sub, state, adapters=len(inner) <= 1)
+            if attention
+            else {"status": "kept", "reason": "attention=False"}
+        )
         unp = _rewrite_unpad(sub, state, att) if unpad else {"status": "off", "reason": "unpad=False"}
-        reports[name] = (dict(att, submodule=name), unp)
-    if len(inner) == 1:
-        return reports[inner[0][0]]
+        reports[name] = (dict(att, submodule=name) if name else att, unp)
+    if len(reports) == 1:
+        return next(iter(reports.values()))
     rewritten = [n for n, (att, _) in reports.items() if att["status"] == "rewritten"]
     att = {
         "status": "rewritten" if rewritten else "kept",
@@ -317,20 +324,10 @@ def optimize(
     state = _State(options)
     model.__dict__[_STATE] = state
     try:
-        # A wrapper around transformers models (SentenceTransformer, a user's
-        # module): attention and unpad go to the models inside, norms and fused
-        # residuals to everything.
-        inner = _inner_models(model)
+        inner = _inner_models(model)  # a wrapper (SentenceTransformer, a user's module) around transformers models
         config = getattr(model, "config", None) or (getattr(inner[0][1], "config", None) if inner else None)
         report = {"model": type(model).__name__, "model_type": getattr(config, "model_type", None)}
-        if not attention:
-            report["attention"] = {"status": "kept", "reason": "attention=False"}
-            report["unpad"] = {"status": "off", "reason": "unpad=False"} if not unpad else _rewrite_unpad(model, state, report["attention"])
-        elif inner:
-            report["attention"], report["unpad"] = _rewrite_wrapped(model, state, inner, unpad)
-        else:
-            report["attention"] = _rewrite_attention(model, state)
-            report["unpad"] = _rewrite_unpad(model, state, report["attention"]) if unpad else {"status": "off", "reason": "unpad=False"}
+        report["attention"], report["unpad"] = _rewrite_attention_and_unpad(model, inner, state, attention, unpad)
         report["norms"] = _rewrite_norms(model, state) if norms else {"replaced": [], "kept": [], "reason": "norms=False"}
         if fused_residual:
             report["fused_residual"] = _fuse_residuals(model, state)
